@@ -1,0 +1,41 @@
+# ncvx-core developer targets. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install test test-all test-slow demo bench lint docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e ".[test]"
+
+test: install
+	$(PY) -m pytest -q -m "not slow and not gpu and not reference and not benchmark" tests
+
+test-all: install
+	$(PY) -m pytest -q tests
+
+test-slow: install
+	$(PY) -m pytest -q -m slow tests
+
+demo: install
+	$(PY) -m ncvx_core.demo
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]" || true
+	$(PY) benchmarks/run_all.py
+
+lint: install
+	$(PY) -m pip install -q ruff
+	$(PY) -m ruff check ncvx_core adv tests benchmarks
+
+docs:
+	@echo "The documentation is Markdown under docs/ (start at docs/index.md); nothing to build."
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,323 @@
+"""Inverse-Hessian approximations (spec section 4): full-memory BFGS and limited-memory BFGS.
+
+Both follow the :class:`HessianApprox` protocol: pure functions over a NamedTuple state whose
+tensor fields all carry the batch dimension first, so the solver can gather and scatter the state
+of a subset of problems without knowing its fields.
+
+Update codes returned per problem (:class:`UpdateInfo`): ``0`` updated, ``1`` updated without the
+initial scaling (non-finite gamma), ``2`` skipped because s'y <= 0, ``3`` skipped because the update
+was not finite, ``-1`` not requested (masked out).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "HessianApprox",
+    "UpdateInfo",
+    "BFGS",
+    "BFGSState",
+    "LBFGS",
+    "LBFGSState",
+    "damp",
+]
+
+
+class UpdateInfo(NamedTuple):
+    """Outcome of one batched update request: ``code (k,)`` int8 and ``damped (k,)`` bool."""
+
+    code: Tensor
+    damped: Tensor
+
+
+@runtime_checkable
+class HessianApprox(Protocol):
+    """A batched inverse-Hessian approximation H (never the Hessian itself).
+
+    ``init`` builds the state of B problems; ``matmul(state, V)`` returns ``H @ V`` for
+    ``V`` of shape ``(k, n, c)``; ``update(state, s, y, mask)`` performs one (damped) update for the
+    problems where ``mask`` is true and leaves the others bit-identical. All tensors of a state
+    have the batch dimension first.
+    """
+
+    name: str
+
+    def init(self, B: int, n: int, dtype: torch.dtype, device: torch.device, *, H0: Any = None,
+             warm_start: Any = None, scaleH0: bool = True) -> Any: ...
+
+    def matmul(self, state: Any, V: Tensor) -> Tensor: ...
+
+    def update(self, state: Any, s: Tensor, y: Tensor, mask: Tensor) -> tuple[Any, UpdateInfo]: ...
+
+
+def _bdot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(dim=-1)
+
+
+def damp(s: Tensor, y: Tensor, h: Tensor, delta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """GRANSO's damping with the inverse approximation (spec 4.1).
+
+    Args:
+        s, y, h: ``(k, n)`` step, gradient difference and ``H s``.
+        delta: damping parameter in [0, 1]; 0 disables damping.
+
+    Returns:
+        ``(y_damped, sty, damped)``: the (possibly) damped y, its inner product with s, and the
+        ``(k,)`` bool mask of damped problems.
+    """
+    sty = _bdot(s, y)
+    sth = _bdot(s, h)
+    if delta <= 0:
+        return y, sty, torch.zeros_like(sty, dtype=torch.bool)
+    damped = sty < delta * sth
+    den = sth - sty
+    theta = torch.where(damped & (den != 0), (1 - delta) * sth / torch.where(den != 0, den, 1.0), 1.0)
+    y_new = torch.where(damped.unsqueeze(1), theta.unsqueeze(1) * y + (1 - theta).unsqueeze(1) * h, y)
+    sty_new = torch.where(damped, delta * sth, sty)
+    return y_new, sty_new, damped
+
+
+# ----------------------------------------------------------------------------------------------
+class BFGSState(NamedTuple):
+    """Full-memory state: ``H (B, n, n)`` and ``scale_pending (B,)`` (initial scaling not done)."""
+
+    H: Tensor
+    scale_pending: Tensor
+
+
+class BFGS:
+    """Full-memory inverse BFGS with damping, initial scaling and the skip rules (spec 4.2).
+
+    Memory is B·n² entries; use :class:`LBFGS` for large n.
+    """
+
+    name = "bfgs"
+
+    def __init__(self, damping: float = 1e-4) -> None:
+        self.damping = float(damping)
+
+    def init(self, B: int, n: int, dtype: torch.dtype, device: torch.device, *, H0: Any = None,
+             warm_start: Any = None, scaleH0: bool = True) -> BFGSState:
+        if warm_start is not None:
+            raise ValueError("limited_mem_warm_start needs limited_mem_size > 0; for full memory pass H0")
+        if H0 is None:
+            H = torch.eye(n, dtype=dtype, device=device).expand(B, n, n).clone()
+        else:
+            H = H0.to(dtype=dtype, device=device).expand(B, n, n).clone()
+        return BFGSState(H, torch.full((B,), bool(scaleH0), device=device))
+
+    def matmul(self, state: BFGSState, V: Tensor) -> Tensor:
+        return torch.bmm(state.H, V)
+
+    def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
+        H = state.H
+        h = torch.bmm(H, s.unsqueeze(2)).squeeze(2)
+        y, sty, damped = damp(s, y, h, self.damping)
+        sty_ok = sty > 0  # NaN compares False: skipped
+        # initial scaling at the first request passing the curvature test
+        yty = _bdot(y, y)
+        gamma = sty / yty
+        do_scale = state.scale_pending & sty_ok & mask
+        gamma_ok = torch.isfinite(gamma)
+        Hs = torch.where((do_scale & gamma_ok).view(-1, 1, 1), gamma.view(-1, 1, 1) * H, H)
+        rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
+        Hy = torch.bmm(Hs, y.unsqueeze(2)).squeeze(2)
+        yHy = _bdot(y, Hy)
+        coef = (rho * rho * yHy + rho).clamp(min=0)
+        Hn = (
+            Hs
+            - rho.view(-1, 1, 1) * (Hy.unsqueeze(2) * s.unsqueeze(1) + s.unsqueeze(2) * Hy.unsqueeze(1))
+            + coef.view(-1, 1, 1) * s.unsqueeze(2) * s.unsqueeze(1)
+        )
+        finite = torch.isfinite(Hn).flatten(1).all(dim=1)
+        ok = mask & sty_ok & finite
+        code = torch.full_like(mask, -1, dtype=torch.int8)
+        code = torch.where(mask & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
+        code = torch.where(mask & sty_ok & ~finite, torch.tensor(3, dtype=torch.int8), code)
+        code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
+        H_out = torch.where(ok.view(-1, 1, 1), Hn, H)
+        pending = state.scale_pending & ~(mask & sty_ok)
+        return BFGSState(H_out, pending), UpdateInfo(code, damped & mask)
+
+    def dense(self, state: BFGSState) -> Tensor:
+        return state.H
+
+
+def regularize(H: Tensor, threshold: float, max_eigenvalues: bool = False) -> tuple[Tensor, Tensor]:
+    """Eigenvalue regularisation of dense inverse Hessians for the QPs (spec 4.3).
+
+    Returns ``(H_reg, changed)`` with ``changed (k,)`` marking the problems whose condition number
+    exceeded ``threshold``. Default: raise eigenvalues below ``lambda_max / threshold``; with
+    ``max_eigenvalues``: lower eigenvalues above ``threshold * min|lambda|`` (raising instead where
+    some eigenvalue is 0).
+    """
+    sym = 0.5 * (H + H.transpose(1, 2))
+    finite = torch.isfinite(sym).flatten(1).all(dim=1)
+    safe = torch.where(finite.view(-1, 1, 1), sym, torch.eye(H.shape[1], dtype=H.dtype, device=H.device))
+    lam, V = torch.linalg.eigh(safe)
+    lmax = lam.abs().amax(dim=1)
+    lmin = lam.abs().amin(dim=1)
+    cond = lmax / lmin
+    changed = finite & (cond > threshold)
+    if max_eigenvalues:
+        cap = (threshold * lmin).unsqueeze(1)
+        lam_max_mode = torch.minimum(lam, cap)
+        lam_raise = torch.maximum(lam, (lmax / threshold).unsqueeze(1))
+        lam_new = torch.where((lmin > 0).unsqueeze(1), lam_max_mode, lam_raise)
+    else:
+        lam_new = torch.maximum(lam, (lmax / threshold).unsqueeze(1))
+    Hr = V @ torch.diag_embed(lam_new) @ V.transpose(1, 2)
+    return torch.where(changed.view(-1, 1, 1), Hr, H), changed
+
+
+# ----------------------------------------------------------------------------------------------
+class LBFGSState(NamedTuple):
+    """Limited-memory state, oldest pair first, unfilled slots first and zero.
+
+    Shapes: ``S, Y (B, m, n)``, ``rho (B, m)`` (0 in unfilled slots), ``gamma (B,)``,
+    ``count (B,)`` long (filled slots), ``scale_pending (B,)`` bool (fixed scaling not yet set).
+    """
+
+    S: Tensor
+    Y: Tensor
+    rho: Tensor
+    gamma: Tensor
+    count: Tensor
+    scale_pending: Tensor
+
+
+class LBFGS:
+    """Limited-memory inverse BFGS (spec 4.4) applied through the compact representation.
+
+    ``H V = gamma V + [S, gamma Y] N [S, gamma Y]^T V`` (Byrd, Nocedal and Schnabel 1994) with the
+    2m x 2m middle matrix N applied through triangular solves: a handful of batched matrix
+    products, O(n m c) for c columns.
+
+    Args:
+        m: memory size.
+        damping: damping parameter delta of spec 4.1.
+        scaleH0: enable the scaling gamma = s'y / y'y.
+        fixed_scaling: compute gamma at the first update only (``limited_mem_fixed_scaling``).
+    """
+
+    name = "lbfgs"
+
+    def __init__(self, m: int, damping: float = 1e-4, scaleH0: bool = True, fixed_scaling: bool = True) -> None:
+        if m < 1:
+            raise ValueError(f"LBFGS memory size m must be >= 1, got {m}")
+        self.m = int(m)
+        self.damping = float(damping)
+        self.scaleH0 = scaleH0
+        self.fixed_scaling = fixed_scaling
+
+    def init(self, B: int, n: int, dtype: torch.dtype, device: torch.device, *, H0: Any = None,
+             warm_start: Any = None, scaleH0: bool = True) -> LBFGSState:
+        if H0 is not None:
+            raise ValueError("H0 is only used with full memory (limited_mem_size = 0); "
+                             "pass limited_mem_warm_start for limited memory")
+        m = self.m
+        S = torch.zeros(B, m, n, dtype=dtype, device=device)
+        Y = torch.zeros_like(S)
+        rho = torch.zeros(B, m, dtype=dtype, device=device)
+        gamma = torch.ones(B, dtype=dtype, device=device)
+        count = torch.zeros(B, dtype=torch.long, device=device)
+        pending = torch.full((B,), bool(scaleH0 and self.scaleH0), device=device)
+        if warm_start is not None:
+            S, Y, rho, gamma, count, pending = self._warm(warm_start, B, n, dtype, device, S, Y, rho, gamma, count)
+            pending = (pending | (not self.fixed_scaling)) & bool(scaleH0 and self.scaleH0)
+        return LBFGSState(S, Y, rho, gamma, count, pending)
+
+    def _warm(self, ws: Any, B: int, n: int, dtype: torch.dtype, device: torch.device,
+              S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, count: Tensor) -> tuple[Tensor, ...]:
+        if isinstance(ws, LBFGSState):
+            wS, wY, wg, wc = ws.S, ws.Y, ws.gamma, ws.count
+        elif isinstance(ws, dict) and {"S", "Y"} <= set(ws):
+            wS, wY = ws["S"], ws["Y"]
+            if wS.dim() == 2:  # (n, k) columns, a single problem in the reference's layout
+                wS, wY = wS.T.unsqueeze(0), wY.T.unsqueeze(0)
+            k = wS.shape[1]
+            wg = torch.as_tensor(ws.get("gamma", 1.0), dtype=dtype, device=device)
+            wc = torch.full((wS.shape[0],), k, dtype=torch.long, device=device)
+        else:
+            raise TypeError("limited_mem_warm_start must be a previous result's H_final "
+                            "(LBFGSState) or a dict with 'S' and 'Y'")
+        wS = wS.to(dtype=dtype, device=device)
+        wY = wY.to(dtype=dtype, device=device)
+        if wS.shape[-1] != n or wS.shape != wY.shape or wS.shape[0] not in (1, B):
+            raise ValueError(f"limited_mem_warm_start S/Y must have shape (B, k, {n}), got "
+                             f"{tuple(wS.shape)} and {tuple(wY.shape)}")
+        k = wS.shape[1]
+        wS, wY = wS.expand(B, k, n), wY.expand(B, k, n)
+        wc = wc.to(device).expand(B).clamp(max=k)
+        wg = wg.to(dtype=dtype, device=device).expand(B)
+        # right-align the filled pairs (oldest first); keep the *first* m filled pairs if more
+        take = torch.minimum(wc, torch.tensor(self.m, device=device))
+        m = self.m
+        # positions of the filled pairs in the source: last wc slots; we keep the first `take`
+        src_start = k - wc  # (B,)
+        j = torch.arange(m, device=device)
+        dst_valid = j.unsqueeze(0) >= (m - take).unsqueeze(1)  # (B, m)
+        src_idx = (src_start.unsqueeze(1) + j.unsqueeze(0) - (m - take).unsqueeze(1)).clamp(0, max(k - 1, 0))
+        if k == 0:
+            return S, Y, rho, wg.clone(), count, torch.zeros(B, dtype=torch.bool, device=device)
+        gi = src_idx.unsqueeze(2).expand(B, m, n)
+        S = torch.where(dst_valid.unsqueeze(2), torch.gather(wS, 1, gi), 0.0)
+        Y = torch.where(dst_valid.unsqueeze(2), torch.gather(wY, 1, gi), 0.0)
+        sty = _bdot(S, Y)
+        rho = torch.where(dst_valid & (sty > 0), 1.0 / torch.where(sty > 0, sty, 1.0), 0.0)
+        pending = take == 0
+        return S, Y, rho, wg.clone(), take, pending
+
+    # -- product ---------------------------------------------------------------------------------
+    def matmul(self, state: LBFGSState, V: Tensor) -> Tensor:
+        """``H @ V`` for ``V (k, n, c)`` through the compact representation."""
+        S, Y, gamma = state.S, state.Y, state.gamma
+        m = S.shape[1]
+        filled = state.rho != 0  # (k, m)
+        a = torch.bmm(S, V)  # (k, m, c)
+        b = torch.bmm(Y, V)
+        SY = torch.bmm(S, Y.transpose(1, 2))  # (k, m, m): s_i . y_j
+        R = torch.triu(SY)
+        eye = torch.eye(m, dtype=V.dtype, device=V.device).unsqueeze(0)
+        R = torch.where(filled.unsqueeze(2) & filled.unsqueeze(1), R, 0.0) + eye * (~filled).unsqueeze(1).to(V.dtype)
+        D = torch.diagonal(SY, dim1=1, dim2=2) * filled
+        YY = torch.bmm(Y, Y.transpose(1, 2))
+        w = torch.linalg.solve_triangular(R, a, upper=True)  # R^{-1} a
+        g = gamma.view(-1, 1, 1)
+        inner = D.unsqueeze(2) * w + g * torch.bmm(YY, w) - g * b
+        top = torch.linalg.solve_triangular(R.transpose(1, 2), inner, upper=False)  # R^{-T}(...)
+        return g * V + torch.bmm(S.transpose(1, 2), top) - g * torch.bmm(Y.transpose(1, 2), w)
+
+    def update(self, state: LBFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[LBFGSState, UpdateInfo]:
+        h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
+        y, sty, damped = damp(s, y, h, self.damping)
+        finite = torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1)
+        sty_ok = sty > 0
+        ok = mask & finite & sty_ok
+        yty = _bdot(y, y)
+        gamma_new = sty / yty
+        gamma_ok = torch.isfinite(gamma_new) & (gamma_new > 0)
+        # scale_pending: scaling enabled and not frozen yet (fixed scaling freezes it after the
+        # first finite gamma; adaptive scaling recomputes it at every stored pair)
+        want = state.scale_pending & ok
+        gamma = torch.where(want & gamma_ok, gamma_new, state.gamma)
+        pending = state.scale_pending & ~(want & gamma_ok) if self.fixed_scaling else state.scale_pending
+        rho_new = 1.0 / torch.where(sty_ok, sty, 1.0)
+        S = torch.where(ok.view(-1, 1, 1), torch.cat([state.S[:, 1:], s.unsqueeze(1)], dim=1), state.S)
+        Y = torch.where(ok.view(-1, 1, 1), torch.cat([state.Y[:, 1:], y.unsqueeze(1)], dim=1), state.Y)
+        rho = torch.where(ok.unsqueeze(1), torch.cat([state.rho[:, 1:], rho_new.unsqueeze(1)], dim=1), state.rho)
+        count = torch.where(ok, (state.count + 1).clamp(max=self.m), state.count)
+        code = torch.full_like(mask, -1, dtype=torch.int8)
+        code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
+        code = torch.where(mask & finite & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
+        code = torch.where(ok, torch.where(want & ~gamma_ok, 1, 0).to(torch.int8), code)
+        return LBFGSState(S, Y, rho, gamma, count, pending), UpdateInfo(code, damped & mask)
+
+    def dense(self, state: LBFGSState) -> Tensor:
+        n = state.S.shape[2]
+        eye = torch.eye(n, dtype=state.S.dtype, device=state.S.device).expand(state.S.shape[0], n, n)
+        return self.matmul(state, eye.contiguous())

@@ -1,0 +1,204 @@
+"""Batched weak Wolfe line search (Lewis-Overton bracketing/bisection, spec section 3).
+
+All problems of the batch search in lock step, each with its own step, bracket and expansion
+count. Every trial evaluates only the problems still searching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .utils import tree_rows, tree_scatter
+
+__all__ = [
+    "LS_OK",
+    "LS_BRACKETED",
+    "LS_NO_BRACKET",
+    "LS_NONDESCENT",
+    "Trial",
+    "LineSearchProblem",
+    "LineSearchResult",
+    "LineSearch",
+    "WeakWolfe",
+    "Backtracking",
+]
+
+LS_OK = 0          # weak Wolfe (or Armijo for backtracking) satisfied, or the fvalquit exit
+LS_BRACKETED = 1   # bracketed a minimiser but did not satisfy the conditions
+LS_NO_BRACKET = 2  # never bracketed: the function may be unbounded below along d
+LS_NONDESCENT = 3  # assigned by the solver for failed searches along non-descent directions
+
+
+class Trial(NamedTuple):
+    """One evaluation of the penalty at k points.
+
+    ``phi (k,)``; ``gphi (k, n)`` or None for value-only trials; ``feasible (k,)`` bool; ``x (k, n)``;
+    ``payload``: anything batched the caller wants back for the returned point (a NamedTuple of
+    tensors with the batch dimension first, e.g. the raw evaluation).
+    """
+
+    phi: Tensor
+    gphi: Tensor | None
+    feasible: Tensor
+    x: Tensor
+    payload: Any
+
+
+@dataclass
+class LineSearchProblem:
+    """What a line search needs about the k problems it searches for.
+
+    Attributes:
+        start: the Trial at the current iterates (with gradient); returned for alpha = 0.
+        evaluate: ``evaluate(x (j, n), rows (j,) long, grad) -> Trial`` for the listed problems
+            (``rows`` index the k problems of this search).
+        fvalquit: accept a feasible trial whose penalty value is <= this.
+    """
+
+    start: Trial
+    evaluate: Callable[[Tensor, Tensor, bool], Trial]
+    fvalquit: float = -math.inf
+
+
+class LineSearchResult(NamedTuple):
+    """``t (k,)`` accepted (or lower-bracket) step; ``trial`` the returned point (with gradient);
+    ``status (k,)`` int8 (LS_*); ``evals (k,)`` int32 function evaluations spent."""
+
+    t: Tensor
+    trial: Trial
+    status: Tensor
+    evals: Tensor
+
+
+@runtime_checkable
+class LineSearch(Protocol):
+    """A batched line search. ``search`` only works on problems where ``active`` is true (the others
+    come back with t = 0, status LS_OK, 0 evaluations and the start trial) and never raises for a
+    numerically bad problem."""
+
+    name: str
+
+    def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult: ...
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(dim=1)
+
+
+class WeakWolfe:
+    """Weak Wolfe bracketing/bisection line search (GRANSO's modified ``linesch_ww``).
+
+    Args:
+        c1, c2: Armijo and curvature constants (``wolfe1``, ``wolfe2``).
+        t0: initial step (``init_step_size``).
+        step_tol: stop when the bracket is shorter than ``step_tol * ||x0 + alpha d|| / ||d||``.
+        backtracking: value-only trials, Armijo only, halving from t0 (``is_backtrack_linesearch``).
+
+    Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
+    Math. Programming 141 (2013).
+    """
+
+    name = "weak_wolfe"
+
+    def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
+                 backtracking: bool = False) -> None:
+        if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
+            raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
+        self.c1, self.c2, self.t0, self.step_tol = float(c1), float(c2), float(t0), float(step_tol)
+        self.backtracking = bool(backtracking)
+
+    def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
+        start = prob.start
+        x0, phi0, g0 = start.x, start.phi, start.gphi
+        k = x0.shape[0]
+        dev, dt = x0.device, x0.dtype
+        s0 = _dot(g0, d)
+        dnorm = d.norm(dim=1)
+        alpha = torch.zeros(k, dtype=dt, device=dev)
+        beta = torch.full((k,), math.inf, dtype=dt, device=dev)
+        t = torch.full((k,), self.t0, dtype=dt, device=dev)
+        nexp = torch.zeros(k, dtype=torch.long, device=dev)
+        with torch.no_grad():
+            nexpmax = torch.clamp(torch.round(torch.log2(1e5 / dnorm)), min=10).nan_to_num(10, 10, 10).long()
+        evals = torch.zeros(k, dtype=torch.int32, device=dev)
+        status = torch.full((k,), LS_OK, dtype=torch.int8, device=dev)
+        searching = active.clone()
+        done_ok = torch.zeros(k, dtype=torch.bool, device=dev)
+        best = start  # the returned point: lower bracket end, or the accepted trial
+        last_value_trial_t = torch.zeros(k, dtype=dt, device=dev)
+        while True:
+            xa_norm = (x0 + alpha.unsqueeze(1) * d).norm(dim=1)
+            cont = ((beta - alpha) > self.step_tol * xa_norm / dnorm) & (evals < budget)
+            stop = searching & ~cont
+            status = torch.where(stop, torch.where(torch.isinf(beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8), status)
+            searching = searching & cont
+            rows = torch.nonzero(searching).flatten()
+            if rows.numel() == 0:
+                break
+            tr = t[rows]
+            xr = x0[rows] + tr.unsqueeze(1) * d[rows]
+            trial = prob.evaluate(xr, rows, not self.backtracking)
+            evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
+            phi = trial.phi
+            quit_ = trial.feasible & torch.isfinite(phi) & (phi <= prob.fvalquit)
+            armijo_fail = ~(phi < phi0[rows] + self.c1 * tr * s0[rows])  # NaN fails
+            if self.backtracking:
+                curv_fail = torch.zeros_like(armijo_fail)
+            else:
+                gtd = _dot(trial.gphi, d[rows])
+                curv_fail = ~(gtd > self.c2 * s0[rows])  # NaN fails
+            ok = quit_ | (~armijo_fail & ~curv_fail)
+            raise_alpha = ~ok & ~armijo_fail & curv_fail
+            lower_beta = ~ok & armijo_fail
+            take = ok | raise_alpha
+            if self.backtracking:
+                # value-only trials: remember the last trial step; accepted points get a gradient later
+                last_value_trial_t = last_value_trial_t.index_copy(0, rows, tr)
+            else:
+                sel = rows[take]
+                if sel.numel():
+                    best = tree_scatter(best, sel, tree_rows(trial, take))
+            alpha = alpha.index_copy(0, rows, torch.where(take, tr, alpha[rows]))
+            beta = beta.index_copy(0, rows, torch.where(lower_beta, tr, beta[rows]))
+            done_ok = done_ok.index_copy(0, rows, ok)
+            searching = searching.index_copy(0, rows, ~ok)
+            # next step for those still searching
+            a_r, b_r, ne_r = alpha[rows], beta[rows], nexp[rows]
+            bracketed = torch.isfinite(b_r)
+            can_expand = ~bracketed & (ne_r < nexpmax[rows])
+            t_next = torch.where(bracketed, 0.5 * (a_r + b_r), 2.0 * a_r)
+            t = t.index_copy(0, rows, torch.where(ok, tr, t_next))
+            nexp = nexp.index_copy(0, rows, ne_r + (can_expand & ~ok).long())
+            give_up = ~ok & ~bracketed & ~can_expand
+            status = status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, status[rows]).to(torch.int8))
+            searching = searching.index_copy(0, rows, searching[rows] & ~give_up)
+        if self.backtracking:
+            # one gradient evaluation at the accepted point, or at the last trial after a failure
+            t_ret = torch.where(done_ok, alpha, last_value_trial_t)
+            need = active & (evals > 0)
+            rows = torch.nonzero(need).flatten()
+            if rows.numel():
+                xr = x0[rows] + t_ret[rows].unsqueeze(1) * d[rows]
+                trial = prob.evaluate(xr, rows, True)
+                evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
+                best = tree_scatter(best, rows, trial)
+                alpha = alpha.index_copy(0, rows, t_ret[rows])
+            status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
+            status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
+        status = torch.where(active, status, torch.tensor(LS_OK, dtype=torch.int8, device=dev))
+        return LineSearchResult(alpha, best, status, evals)
+
+
+class Backtracking(WeakWolfe):
+    """Armijo backtracking (halving from t0) with value-only trials; spec 3.5."""
+
+    name = "backtracking"
+
+    def __init__(self, c1: float = 1e-4, t0: float = 1.0, step_tol: float = 1e-12) -> None:
+        super().__init__(c1=c1, c2=max(c1, 0.5), t0=t0, step_tol=step_tol, backtracking=True)

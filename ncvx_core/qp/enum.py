@@ -1,0 +1,143 @@
+"""Exact face enumeration for small box-constrained QPs (m <= 3, no equality).
+
+For each of the ``3^m`` faces of the box (every variable at its lower bound, at its upper bound
+or free) the free block of the stationarity condition is solved with a pseudo-inverse (the
+Hessian may be singular, even zero).  Every candidate that is feasible (up to round-off, then
+clipped) is a feasible point, so the smallest objective over the candidates is at least the
+optimum; and some optimum lies on a face whose free block is nonsingular (moving along a null
+direction keeps the objective constant until a bound is hit), so the smallest candidate
+objective *is* the optimum.  Candidates whose bound multipliers have the right signs
+("consistent" faces) are preferred among near-ties.
+
+Pure batched tensor ops, no data-dependent Python control flow and no host sync in the solve
+itself (the CUDA-graph friendly path); only ``supports`` inspects the data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import torch
+from torch import Tensor
+
+from .base import (
+    INACCURATE_KKT,
+    BoxQP,
+    QPResult,
+    active_mask,
+    canonicalize,
+    finalize,
+    validate_qp,
+)
+
+__all__ = ["EnumQPSolver"]
+
+logger = logging.getLogger("ncvx_core.qp")
+
+_FEAS_TOL = 1e-9  # scaled units (variables in [0, 1], objective O(1))
+_SIGN_TOL = 1e-8
+_TIE_TOL = 1e-12
+
+_FACE_CACHE: dict[tuple[int, str], Tensor] = {}
+
+
+def _faces(m: int, device: torch.device) -> Tensor:
+    """(3^m, m) int8 face codes: 0 = at lower bound, 1 = at upper bound, 2 = free."""
+    key = (m, str(device))
+    f = _FACE_CACHE.get(key)
+    if f is None:
+        rows = list(itertools.product((0, 1, 2), repeat=m))
+        f = torch.tensor(rows, dtype=torch.int8, device=device).reshape(len(rows), m)
+        _FACE_CACHE[key] = f
+    return f
+
+
+class EnumQPSolver:
+    """Exact batched face enumeration for box-only QPs with ``m <= 3`` (name ``"enum"``)."""
+
+    name = "enum"
+    max_m = 3
+
+    def supports(self, qp: BoxQP) -> bool:
+        """True iff ``m <= 3`` and no problem has an equality (inspects ``eq_mask``: host sync)."""
+        if qp.m > self.max_m:
+            return False
+        if qp.eq_mask is not None and bool(qp.eq_mask.any()):
+            return False
+        return True
+
+    def solve(self, qp: BoxQP, *, tol: float = 1e-12, active: Tensor | None = None) -> QPResult:
+        """Solve all problems of ``qp`` exactly (up to round-off).  ``tol`` is unused.
+
+        Raises ``ValueError`` if the batch is not supported (``m > 3`` or an equality).
+        """
+        validate_qp(qp)
+        if not self.supports(qp):
+            raise ValueError(
+                f"EnumQPSolver supports box-only problems with m <= {self.max_m}; "
+                f"received m={qp.m}, equality={'yes' if qp.eq_mask is not None else 'no'}"
+            )
+        act = active_mask(qp, active)
+        with torch.no_grad():
+            try:
+                u, consistent = _enum_solve(qp)
+            except RuntimeError as exc:  # eigh failure on pathological data
+                logger.warning("enum: linear algebra failed (%s); falling back to the IPM", exc)
+                from .ipm import IPMQPSolver
+
+                return IPMQPSolver().solve(qp, tol=tol, active=active)
+            can = canonicalize(qp)
+            w = can.to_w(u)
+            iters = torch.ones(qp.B, dtype=torch.int32, device=qp.device)
+            return finalize(
+                qp, w, consistent, iters, can.bad, act, solved_kkt=INACCURATE_KKT
+            )
+
+
+def _enum_solve(qp: BoxQP) -> tuple[Tensor, Tensor]:
+    """Returns the scaled solution ``u`` (B, m) and whether a consistent face was chosen (B,)."""
+    can = canonicalize(qp)
+    P, c, ub = can.P, can.c, can.ub
+    B, m = c.shape
+    if m == 0:
+        return c.clone(), torch.ones(B, dtype=torch.bool, device=c.device)
+    codes = _faces(m, c.device)  # (F, m)
+    F = codes.shape[0]
+    at_hi = codes == 1
+    free = codes == 2  # (F, m)
+    ub_inf = ~torch.isfinite(ub)  # (B, m)
+    ub_fin = torch.where(ub_inf, torch.zeros_like(ub), ub)
+    # a face with a variable "at hi" where hi = +inf is invalid
+    face_ok = ~(at_hi.unsqueeze(0) & ub_inf.unsqueeze(1)).any(-1)  # (B, F)
+    uA = torch.where(at_hi.unsqueeze(0), ub_fin.unsqueeze(1), torch.zeros_like(ub_fin).unsqueeze(1))
+    uA = torch.where(free.unsqueeze(0), torch.zeros_like(uA), uA)  # (B, F, m)
+    Pb = P.unsqueeze(1)  # (B, 1, m, m)
+    outer = free.unsqueeze(-1) & free.unsqueeze(-2)  # (F, m, m)
+    Pf = torch.where(outer.unsqueeze(0), Pb, torch.zeros_like(Pb))  # (B, F, m, m)
+    rhs = -(c.unsqueeze(1) + torch.matmul(Pb, uA.unsqueeze(-1)).squeeze(-1))  # (B, F, m)
+    rhs = torch.where(free.unsqueeze(0), rhs, torch.zeros_like(rhs))
+    uF = torch.matmul(torch.linalg.pinv(Pf, hermitian=True), rhs.unsqueeze(-1)).squeeze(-1)
+    u = torch.where(free.unsqueeze(0), uF, uA)  # (B, F, m)
+    ubb = ub.unsqueeze(1)
+    feas = ((u >= -_FEAS_TOL) & (u <= ubb + _FEAS_TOL)).all(-1) & face_ok
+    feas &= torch.isfinite(u).all(-1)
+    u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), ubb)
+    u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
+    g = torch.matmul(Pb, u.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(1)  # (B, F, m)
+    fixed = can.fixed.unsqueeze(1)
+    lo_ok = (codes == 0).unsqueeze(0) & (g >= -_SIGN_TOL)
+    hi_ok = at_hi.unsqueeze(0) & (g <= _SIGN_TOL)
+    fr_ok = free.unsqueeze(0) & (g.abs() <= _SIGN_TOL)
+    consistent = feas & (lo_ok | hi_ok | fr_ok | fixed).all(-1)
+    f = 0.5 * (u * (g + c.unsqueeze(1))).sum(-1)  # 0.5 u'Pu + c'u = 0.5 u'(g + c)
+    inf = torch.full_like(f, float("inf"))
+    f_feas = torch.where(feas, f, inf)
+    f_cons = torch.where(consistent, f, inf)
+    best_feas, i_feas = f_feas.min(-1)
+    best_cons, i_cons = f_cons.min(-1)
+    use_cons = best_cons <= best_feas + _TIE_TOL * torch.clamp(best_feas.abs(), min=1.0)
+    idx = torch.where(use_cons, i_cons, i_feas)  # (B,)
+    u_best = torch.gather(u, 1, idx.view(B, 1, 1).expand(B, 1, m)).squeeze(1)
+    del F
+    return u_best, use_cons

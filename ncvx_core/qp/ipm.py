@@ -1,0 +1,324 @@
+"""Batched Mehrotra predictor-corrector interior-point method for "box + one masked equality" QPs.
+
+Works on the :class:`~ncvx_core.qp.base.Canonical` form (variables scaled to ``[0, ub]`` with
+``ub`` = 1 or +inf, or the simplex-like equality block ``sum(u[eq]) = 1``, objective O(1),
+fixed variables decoupled).  Per problem and iteration, with slacks ``u`` (lower bounds) and
+``s = ub - u`` (finite upper bounds) and duals ``z``, ``y``::
+
+    r_d = P u + c - z + y - a nu,     r_p = a^T u - rho,     mu = mean(z u, y s)
+    (P + D) du - a dnu = rhs,  a^T du = -r_p,   D = z / u + y / s  (diagonal, > 0)
+
+so ``K = P + D`` is positive definite even for singular ``P``.  One batched Cholesky
+(``torch.linalg.cholesky_ex``, never raising) per iteration; the equality is eliminated by a
+Schur complement on ``K^{-1} a``.  A problem whose factorization fails skips the iteration and
+retries with a larger diagonal shift.
+
+Convergence is tested per problem (``|r_d|, |r_p|, mu <= tol``, relative to the scaled data); the
+test is the only host sync per iteration.  Converged problems are frozen, and the working set is
+compacted (gathered) once fewer than half of it is still running.  After the loop an active-set
+polish (reduced KKT solve on the identified active set, a few regularized refinement steps) is
+kept where it is feasible and not worse.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from .base import (
+    BoxQP,
+    Canonical,
+    QPResult,
+    _project,
+    active_mask,
+    canonicalize,
+    finalize,
+    validate_qp,
+)
+
+__all__ = ["IPMQPSolver"]
+
+logger = logging.getLogger("ncvx_core.qp")
+
+
+def _bmv(A: Tensor, x: Tensor) -> Tensor:
+    """Batched matrix-vector product: (b, m, m) x (b, m) -> (b, m)."""
+    return torch.matmul(A, x.unsqueeze(-1)).squeeze(-1)
+
+
+def _max_step(x: Tensor, dx: Tensor, mask: Tensor) -> Tensor:
+    """Largest alpha with x + alpha dx >= 0 on ``mask``; (b, m) -> (b,) (inf if unbounded)."""
+    neg = mask & (dx < 0)
+    ratio = torch.where(neg, -x / torch.where(neg, dx, -torch.ones_like(dx)), torch.full_like(x, float("inf")))
+    return ratio.amin(-1) if x.shape[-1] > 0 else torch.full_like(x[..., 0], float("inf"))
+
+
+class _Work:
+    """Per-problem working data of the IPM (rows = problems of the current working set)."""
+
+    __slots__ = (
+        "idx", "P", "c", "ub", "a", "rho", "has_eq", "lb", "ubm", "ncomp",
+        "u", "z", "y", "nu", "iters", "conv", "extra",
+    )
+
+    def __init__(self, **kw: Tensor) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def gather(self, keep: Tensor) -> _Work:
+        return _Work(**{k: getattr(self, k)[keep] for k in self.__slots__})
+
+
+class IPMQPSolver:
+    """Batched Mehrotra predictor-corrector IPM (name ``"ipm"``); supports every :class:`BoxQP`.
+
+    Args:
+        max_iter: iteration limit per problem.
+        polish: run the final active-set polish.
+        compaction: gather the still-running problems once fewer than half remain.
+        eta: fraction of the step to the boundary.
+        shift: static diagonal regularization of ``K`` in scaled units.
+    """
+
+    name = "ipm"
+
+    def __init__(
+        self,
+        max_iter: int = 100,
+        *,
+        polish: bool = True,
+        compaction: bool = True,
+        eta: float = 0.995,
+        shift: float = 1e-12,
+        polish_reg: float = 1e-10,
+        polish_steps: int = 4,
+    ) -> None:
+        self.max_iter = int(max_iter)
+        self.polish = bool(polish)
+        self.compaction = bool(compaction)
+        self.eta = float(eta)
+        self.shift = float(shift)
+        self.polish_reg = float(polish_reg)
+        self.polish_steps = int(polish_steps)
+
+    def supports(self, qp: BoxQP) -> bool:
+        """The IPM handles every problem of the type."""
+        return True
+
+    def solve(self, qp: BoxQP, *, tol: float = 1e-12, active: Tensor | None = None) -> QPResult:
+        """Solve the batch.  ``tol`` is the convergence tolerance in scaled units."""
+        validate_qp(qp)
+        act = active_mask(qp, active)
+        with torch.no_grad():
+            can = canonicalize(qp)
+            run0 = act & ~can.bad
+            u, z, y, nu, conv, iters = self._iterate(can, run0, float(tol))
+            if self.polish:
+                u = self._polish(can, u, z, y, nu)
+            w = can.to_w(u)
+            return finalize(qp, w, conv, iters, can.bad, act)
+
+    # ------------------------------------------------------------------------------------
+    def _start(self, can: Canonical) -> tuple[Tensor, Tensor, Tensor]:
+        """Interior starting point (u, z, y), (B, m) each."""
+        ub, fixed, eq = can.ub, can.fixed, can.eq
+        one = torch.ones_like(ub)
+        k = eq.sum(-1, keepdim=True).clamp_min(1).to(ub.dtype)
+        fin = torch.isfinite(ub)
+        u = torch.where(fin, 0.5 * ub, one)
+        u = torch.where(eq, torch.minimum(1.0 / k, torch.where(fin, 0.5 * ub, one)), u)
+        u = torch.where(fixed, torch.zeros_like(u), u)
+        z = torch.where(fixed, torch.zeros_like(u), one)
+        y = torch.where(fin & ~fixed, one, torch.zeros_like(u))
+        return u, z, y
+
+    def _iterate(
+        self, can: Canonical, run0: Tensor, tol: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        B, m = can.c.shape
+        dev, dt = can.c.device, can.c.dtype
+        U, Z, Y = self._start(can)
+        NU = torch.zeros(B, dtype=dt, device=dev)
+        ITERS = torch.zeros(B, dtype=torch.int32, device=dev)
+        CONV = torch.zeros(B, dtype=torch.bool, device=dev)
+        idx = run0.nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            return U, Z, Y, NU, CONV, ITERS
+        lb_all = ~can.fixed
+        ubm_all = torch.isfinite(can.ub) & lb_all
+        ncomp_all = (lb_all.sum(-1) + ubm_all.sum(-1)).clamp_min(1).to(dt)
+        W = _Work(
+            idx=torch.arange(B, device=dev), P=can.P, c=can.c, ub=can.ub, a=can.eq.to(dt), rho=can.rho,
+            has_eq=can.has_eq, lb=lb_all, ubm=ubm_all, ncomp=ncomp_all,
+            u=U, z=Z, y=Y, nu=NU, iters=ITERS, conv=CONV,
+            extra=torch.zeros(B, dtype=dt, device=dev),
+        )
+        W = W.gather(idx)
+        any_eq = bool(can.has_eq[idx].any())
+
+        def write_back(w: _Work) -> None:
+            U[w.idx] = w.u
+            Z[w.idx] = w.z
+            Y[w.idx] = w.y
+            NU[w.idx] = w.nu
+            ITERS[w.idx] = w.iters
+            CONV[w.idx] = w.conv
+
+        eta = self.eta
+        while True:
+            P, c, a, lb, ubm = W.P, W.c, W.a, W.lb, W.ubm
+            u, z, y, nu = W.u, W.z, W.y, W.nu
+            one = torch.ones_like(u)
+            s = torch.where(ubm, W.ub - u, one)
+            uu = torch.where(lb, u, one)
+            Pu = _bmv(P, u)
+            rd = Pu + c - z + y - a * nu.unsqueeze(-1)
+            rp = (a * u).sum(-1) - W.rho
+            zu = z * torch.where(lb, u, torch.zeros_like(u))
+            ys = y * torch.where(ubm, s, torch.zeros_like(s))
+            mu = (zu.sum(-1) + ys.sum(-1)) / W.ncomp
+            dscale = 1.0 + torch.stack(
+                [Pu.abs().amax(-1), c.abs().amax(-1), z.abs().amax(-1), y.abs().amax(-1),
+                 nu.abs()], -1).amax(-1)
+            cmax = torch.maximum(zu.amax(-1), ys.amax(-1))
+            conv = (rd.abs().amax(-1) <= tol * dscale) & (rp.abs() <= tol * (1.0 + W.rho)) & (
+                cmax <= tol
+            )
+            running = ~W.conv & ~conv & (W.iters < self.max_iter)
+            W.conv = W.conv | (conv & ~W.conv)
+            n_run = int(running.sum())  # the one host sync per iteration
+            if n_run == 0:
+                break
+            b = running.shape[0]
+            if self.compaction and n_run <= b // 2:
+                write_back(W)
+                keep = running.nonzero().squeeze(-1)
+                W = W.gather(keep)
+                continue  # recompute residuals on the compacted set (cheap, keeps code simple)
+
+            # ---- Newton system
+            D = torch.where(lb, z / uu, torch.zeros_like(u)) + torch.where(ubm, y / s, torch.zeros_like(u))
+            K = P.clone()
+            K.diagonal(dim1=-2, dim2=-1).add_(D + self.shift + W.extra.unsqueeze(-1))
+            L, info = torch.linalg.cholesky_ex(K)
+            ok = info == 0
+
+            if any_eq:
+                Ka = torch.cholesky_solve(a.unsqueeze(-1), L).squeeze(-1)
+                aKa = (a * Ka).sum(-1)
+                aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, torch.ones_like(aKa))
+            else:
+                Ka = aKa_safe = None
+
+            def direction(r_zl: Tensor, r_yu: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                rhs = -rd + torch.where(lb, r_zl / uu, torch.zeros_like(u)) - torch.where(
+                    ubm, r_yu / s, torch.zeros_like(u)
+                )
+                v = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
+                if Ka is not None and aKa_safe is not None:
+                    dnu = (-rp - (a * v).sum(-1)) / aKa_safe
+                    dnu = torch.where(W.has_eq, dnu, torch.zeros_like(dnu))
+                    du = v + dnu.unsqueeze(-1) * Ka
+                else:
+                    dnu = torch.zeros_like(rp)
+                    du = v
+                dz = torch.where(lb, (r_zl - z * du) / uu, torch.zeros_like(u))
+                dy = torch.where(ubm, (r_yu + y * du) / s, torch.zeros_like(u))
+                return du, dz, dy, dnu
+
+            def step_len(du: Tensor, dz: Tensor, dy: Tensor) -> Tensor:
+                return torch.stack(
+                    [_max_step(u, du, lb), _max_step(s, -du, ubm), _max_step(z, dz, lb),
+                     _max_step(y, dy, ubm)], -1).amin(-1)
+
+            # predictor
+            du_a, dz_a, dy_a, _ = direction(-zu, -ys)
+            al_a = step_len(du_a, dz_a, dy_a).clamp(max=1.0)
+            ala = al_a.unsqueeze(-1)
+            u_a = u + ala * du_a
+            mu_a = (
+                (torch.where(lb, u_a, torch.zeros_like(u)) * (z + ala * dz_a)).sum(-1)
+                + (torch.where(ubm, s - ala * du_a, torch.zeros_like(u)) * (y + ala * dy_a)).sum(-1)
+            ) / W.ncomp
+            sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, torch.ones_like(mu))) ** 3, torch.zeros_like(mu))
+            sig = sig.clamp(0.0, 1.0)
+            smu = (sig * mu).unsqueeze(-1)
+            # corrector
+            r_zl = torch.where(lb, smu - zu - du_a * dz_a, torch.zeros_like(u))
+            r_yu = torch.where(ubm, smu - ys + du_a * dy_a, torch.zeros_like(u))
+            du, dz, dy, dnu = direction(r_zl, r_yu)
+            al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
+            finite_dir = (
+                torch.isfinite(du).all(-1) & torch.isfinite(dz).all(-1) & torch.isfinite(dy).all(-1)
+                & torch.isfinite(dnu)
+            )
+            good = ok & finite_dir
+            al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
+            upd = running & good
+            alc = torch.where(upd, al, torch.zeros_like(al)).unsqueeze(-1)
+            W.u = torch.where(upd.unsqueeze(-1), u + alc * du, u)
+            W.z = torch.where(upd.unsqueeze(-1), (z + alc * dz).clamp_min(0.0), z)
+            W.y = torch.where(upd.unsqueeze(-1), (y + alc * dy).clamp_min(0.0), y)
+            W.nu = torch.where(upd, nu + alc.squeeze(-1) * dnu, nu)
+            fail = running & ~good
+            W.extra = torch.where(fail, torch.clamp(W.extra * 100.0, min=1e-10), W.extra)
+            W.iters = W.iters + running.to(W.iters.dtype)
+
+        write_back(W)
+        nfail = int((run0 & ~CONV).sum())
+        if nfail:
+            logger.debug("ipm: %d of %d problems did not converge", nfail, int(run0.sum()))
+        return U, Z, Y, NU, CONV, ITERS
+
+    # ------------------------------------------------------------------------------------
+    def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor) -> Tensor:
+        """Active-set polish; returns the polished ``u`` where accepted, else ``u`` projected."""
+        P, c, ub, fixed = can.P, can.c, can.ub, can.fixed
+        B, m = c.shape
+        dt = c.dtype
+        a = can.eq.to(dt)
+        lb = ~fixed
+        ubm = torch.isfinite(ub) & lb
+        zero = torch.zeros_like(u)
+        s = torch.where(ubm, ub - u, torch.ones_like(u))
+        at_lo = lb & (z > u)
+        at_hi = ubm & (y > s) & ~at_lo
+        free = lb & ~at_lo & ~at_hi
+        uA = torch.where(at_hi, torch.where(ubm, ub, zero), zero)
+        x = torch.where(free, u, uA)
+        aF = a * free.to(dt)
+        outer = free.unsqueeze(-1) & free.unsqueeze(-2)
+        Kp = torch.where(outer, P, torch.zeros_like(P))
+        Kp = Kp + torch.diag_embed(torch.where(free, torch.full_like(u, self.polish_reg), torch.ones_like(u)))
+        L, info = torch.linalg.cholesky_ex(Kp)
+        ok = info == 0
+        KaF = torch.cholesky_solve(aF.unsqueeze(-1), L).squeeze(-1)
+        aKa = (aF * KaF).sum(-1)
+        eqF = can.has_eq & ((aF * aF).sum(-1) > 0)
+        den = torch.where(eqF, aKa + self.polish_reg, torch.ones_like(aKa))
+        lam = -nu.clone()
+        for _ in range(self.polish_steps):
+            r1 = torch.where(free, -(_bmv(P, x) + c + a * lam.unsqueeze(-1)), zero)
+            r2 = torch.where(eqF, can.rho - (a * x).sum(-1), torch.zeros_like(lam))
+            v = torch.cholesky_solve(r1.unsqueeze(-1), L).squeeze(-1)
+            dlam = torch.where(eqF, ((aF * v).sum(-1) - r2) / den, torch.zeros_like(lam))
+            dx = v - dlam.unsqueeze(-1) * KaF
+            x = x + torch.where(free, dx, zero)
+            lam = lam + dlam
+        ftol = 1e-9
+        feas = ok & torch.isfinite(x).all(-1)
+        feas &= (~lb | (x >= -ftol)).all(-1) & (~ubm | (x <= ub + ftol)).all(-1)
+        feas &= ~can.has_eq | ((a * x).sum(-1) - can.rho).abs().le(ftol)
+        mask = can.eq if bool(can.has_eq.any()) else None
+        rho = can.rho if mask is not None else None
+        lo0 = torch.zeros_like(u)
+        x = torch.where(torch.isfinite(x), x, zero)
+        xp = _project(x, lo0, ub, mask, rho)
+        up = _project(u, lo0, ub, mask, rho)
+        f_pol = can.objective(xp)
+        f_ipm = can.objective(up)
+        better = f_pol <= f_ipm + 1e-14 * torch.clamp(f_ipm.abs(), min=1.0)
+        accept = feas & better
+        return torch.where(accept.unsqueeze(-1), xp, up)

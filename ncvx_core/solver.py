@@ -1,0 +1,692 @@
+"""Batched BFGS-SQP driver (GRANSO's algorithm, spec sections 2-6) for B independent problems.
+
+Every per-problem quantity is a tensor with the batch dimension first. Each outer pass works on
+the problems still running (found with one small host sync), computes a direction for each at its
+own fallback level, runs one lock-step line search and commits accepted steps, fallbacks and
+terminations per problem through masks. Finished problems are never touched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import ProblemDefinitionError
+from .hessian import BFGS, LBFGS, HessianApprox, regularize
+from .linesearch import LS_BRACKETED, LS_NO_BRACKET, LS_NONDESCENT, LS_OK, LineSearch, LineSearchProblem, Trial, WeakWolfe
+from .options import SolverOptions
+from .penalty import Violation, violation
+from .problem import Evaluation, Evaluator
+from .progress import IterationPrinter
+from .qp import QPSolver, get_qp_solver
+from .result import Iterate, SolveResult
+from .stationarity import GradientCache, cache_insert, init_cache, stationarity_qp
+from .status import Status
+from .steering import steer
+from .utils import bmask, tree_rows, tree_where
+
+__all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
+
+logger = logging.getLogger("ncvx_core")
+
+RUNNING = int(Status.RUNNING)
+
+
+class Record(NamedTuple):
+    x: Tensor
+    f: Tensor
+    ci: Tensor
+    ce: Tensor
+    tvi: Tensor
+    tve: Tensor
+    tv: Tensor
+    feasible: Tensor
+    mu: Tensor
+    found: Tensor
+
+
+class State(NamedTuple):
+    """Solver state of B problems (every leaf batch-first)."""
+
+    x: Tensor
+    ev: Evaluation
+    viol: Violation
+    mu: Tensor
+    H: Any
+    cache: GradientCache
+    status: Tensor
+    level: Tensor
+    rand_attempts: Tensor
+    iters: Tensor
+    fn_evals: Tensor
+    ls_evals: Tensor       # evaluations since the previous accepted iterate
+    last_ls_evals: Tensor  # ... as printed for the last accepted iterate
+    stat: Tensor
+    n_grads: Tensor
+    stat_fallback: Tensor
+    alpha: Tensor
+    sd_level: Tensor
+    best: Record
+    mf: Record
+    mu_lowest: Tensor
+    counters: Tensor       # (B, 6): requests, updates, damped, sty_fails, infnan_fails, scaling_skips
+
+
+class HaltInfo(NamedTuple):
+    """What ``halt_log_fn`` receives (batched, first dimension B).
+
+    ``updated (B,)`` marks the problems that have a new accepted iterate (all at iteration 0); the
+    callback returns a ``(B,)`` bool tensor (or None) and only its entries for updated problems
+    still running count. ``x`` has the user's shape ``(B, *shape)``; ``H`` is the inverse-Hessian
+    state; ``fallback_level`` the direction strategy that produced the step (0 S, 1 SI, 2 QN, 3 GD,
+    4 random).
+    """
+
+    iteration: Tensor
+    x: Tensor
+    f: Tensor
+    ci: Tensor
+    ce: Tensor
+    tvi: Tensor
+    tve: Tensor
+    tv: Tensor
+    feasible: Tensor
+    mu: Tensor
+    phi: Tensor
+    stat: Tensor
+    n_grads: Tensor
+    alpha: Tensor
+    ls_evals: Tensor
+    fallback_level: Tensor
+    H: Any
+    updated: Tensor
+
+
+LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
+    "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch),
+    "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True),
+}
+
+HESSIANS: dict[str, Callable[[SolverOptions], HessianApprox]] = {
+    "bfgs": lambda o: BFGS(o.bfgs_damping),
+    "lbfgs": lambda o: LBFGS(o.limited_mem_size or 10, o.bfgs_damping, o.scaleH0, o.limited_mem_fixed_scaling),
+}
+
+
+def _pick(kind: str, spec: Any, registry: dict[str, Callable[[SolverOptions], Any]], opts: SolverOptions,
+          protocol: type) -> Any:
+    import difflib
+
+    if isinstance(spec, str):
+        if spec not in registry:
+            close = difflib.get_close_matches(spec, list(registry), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown {kind} {spec!r}{hint} (valid: {', '.join(sorted(registry))})")
+        return registry[spec](opts)
+    if not isinstance(spec, protocol):
+        raise TypeError(f"{kind} must be a name or an object implementing the {protocol.__name__} protocol, "
+                        f"got {type(spec).__name__}")
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------
+def _violation_rows(ev: Evaluation, o: SolverOptions) -> Violation:
+    return violation(ev, o.viol_ineq_tol, o.viol_eq_tol)
+
+
+def _phi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
+    return mu * ev.f + viol.v1
+
+
+def _gphi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
+    return mu.unsqueeze(1) * ev.g + viol.gv1
+
+
+def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> Record:
+    return Record(x.clone(), ev.f.clone(), ev.ci.clone(), ev.ce.clone(), viol.tvi.clone(), viol.tve.clone(),
+                  viol.tv.clone(), viol.feasible.clone(), mu.clone(), found.clone())
+
+
+def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
+                    mu: Tensor, constrained: bool) -> tuple[Record, Record]:
+    """Update the best / most-feasible records of problems ``rows`` with new evaluations."""
+    new = _record_from(x, ev, viol, mu, torch.ones_like(viol.feasible))
+    f = ev.f
+    if constrained:
+        b_tv, b_f = mf.tv[rows], mf.f[rows]
+        better_mf = (viol.tv < b_tv) | ((viol.tv == b_tv) & (f < b_f))
+        better_b = viol.feasible & (~best.found[rows] | (f < best.f[rows]))
+    else:
+        better_b = f < best.f[rows]
+        better_mf = f < mf.f[rows]
+
+    def put(rec: Record, better: Tensor) -> Record:
+        old = tree_rows(rec, rows)
+        merged = tree_where(better, new, old)
+        out = []
+        for full, part in zip(rec, merged):
+            full = full.clone()
+            full[rows] = part
+            out.append(full)
+        return Record(*out)
+
+    return put(best, better_b), put(mf, better_mf)
+
+
+# ----------------------------------------------------------------------------------------------
+def solve(
+    problem: Callable[..., Any],
+    x0: Tensor,
+    options: SolverOptions | None = None,
+    *,
+    qp: str | QPSolver | None = None,
+    line_search: str | LineSearch | None = None,
+    hessian: str | HessianApprox | None = None,
+) -> SolveResult:
+    """Solve B independent nonsmooth, nonconvex, constrained problems with BFGS-SQP.
+
+    Args:
+        problem: ``problem(x) -> (f, ci, ce)`` with ``x (B, *shape)``, ``f (B,)``, ``ci (B, p)`` or
+            None (``ci <= 0``), ``ce (B, q)`` or None (``ce == 0``); see :mod:`ncvx_core.problem`
+            for the subset form ``problem(x, idx=...)`` and for user-supplied gradients.
+        x0: ``(B, *shape)`` floating-point start points (dtype and device of the solver state
+            unless ``double_precision``/``torch_device`` say otherwise).
+        options: :class:`SolverOptions` (defaults if None).
+        qp: QP solver name (``"auto"``, ``"ipm"``, ``"enum"``, ``"qpth"``) or instance; defaults
+            to ``options.QPsolver``.
+        line_search: ``"weak_wolfe"``, ``"backtracking"`` or a :class:`LineSearch` instance.
+        hessian: ``"bfgs"``, ``"lbfgs"`` or a :class:`HessianApprox` instance; defaults to full
+            BFGS, or limited memory when ``options.limited_mem_size > 0``.
+
+    Returns:
+        :class:`SolveResult` with batched records, status codes and counters.
+
+    Raises:
+        TypeError, ValueError (:class:`ProblemDefinitionError`, :class:`NonFiniteStartError`,
+        :class:`OptionError`) for invalid input. Numerical failures are status codes, never
+        exceptions.
+    """
+    o = options if options is not None else SolverOptions()
+    if not isinstance(o, SolverOptions):
+        raise TypeError(f"options must be a SolverOptions, got {type(o).__name__}")
+    return _Solver(problem, x0, o, qp, line_search, hessian).run()
+
+
+class _Solver:
+    def __init__(self, problem: Callable[..., Any], x0: Tensor, o: SolverOptions, qp: Any, ls: Any, hess: Any) -> None:
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"x0 must be a torch.Tensor of shape (B, *shape), got {type(x0).__name__}")
+        if not x0.is_floating_point():
+            raise TypeError(f"x0 must be floating point (float32 or float64), got dtype {x0.dtype}")
+        if x0.dim() < 2:
+            raise ValueError(f"x0 must have shape (B, *shape) with a leading batch dimension, got {tuple(x0.shape)}"
+                             " (for one problem use x0.unsqueeze(0))")
+        if x0.shape[0] == 0 or x0[0].numel() == 0:
+            raise ValueError(f"x0 must hold at least one problem with at least one variable, got {tuple(x0.shape)}")
+        dtype = x0.dtype if o.double_precision is None else (torch.float64 if o.double_precision else torch.float32)
+        device = x0.device if o.torch_device is None else torch.device(o.torch_device)
+        x0 = x0.detach().to(dtype=dtype, device=device)
+        bad = ~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"x0 has non-finite entries for problem indices {torch.nonzero(bad).flatten().tolist()[:20]}")
+        self.o = o
+        self.B = x0.shape[0]
+        self.shape = tuple(x0.shape[1:])
+        self.n = x0[0].numel()
+        self.dtype, self.device = dtype, device
+        self.x0 = x0.reshape(self.B, self.n)
+        self.ev = Evaluator(problem, self.shape, self.B, dtype, device, user_gradients=not o.globalAD,
+                            jacobian=o.jacobian)
+        self.qp = get_qp_solver(qp if qp is not None else o.QPsolver)
+        self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
+                        LineSearch)
+        if hess is None:
+            hess = "lbfgs" if o.limited_mem_size > 0 else "bfgs"
+        self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
+        self.printer = IterationPrinter(o, self.B) if o.print_level > 0 else None
+        self.t_start = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------
+    def _mu0(self) -> Tensor:
+        mu0 = self.o.mu0
+        if isinstance(mu0, Tensor):
+            mu = mu0.detach().to(dtype=self.dtype, device=self.device)
+            if mu.dim() == 0:
+                mu = mu.expand(self.B)
+            if mu.shape != (self.B,):
+                raise ValueError(f"option 'mu0' as a tensor must have shape ({self.B},), got {tuple(mu0.shape)}")
+            if not bool(torch.isfinite(mu).all()) or bool((mu < 0).any()):
+                raise ValueError("option 'mu0' must be finite and >= 0 for every problem")
+            return mu.clone()
+        return torch.full((self.B,), float(mu0), dtype=self.dtype, device=self.device)
+
+    def _H0(self) -> Any:
+        H0 = self.o.H0
+        if H0 is None:
+            return None
+        if not isinstance(H0, Tensor):
+            raise TypeError(f"option 'H0' must be a tensor of shape (n, n) or (B, n, n), got {type(H0).__name__}")
+        n = self.n
+        if H0.shape not in ((n, n), (self.B, n, n), (1, n, n)):
+            raise ValueError(f"option 'H0' must have shape ({n}, {n}) or ({self.B}, {n}, {n}), got {tuple(H0.shape)}")
+        H0 = H0.detach().to(dtype=self.dtype, device=self.device)
+        if self.o.checkH0:
+            Hb = H0 if H0.dim() == 3 else H0.unsqueeze(0)
+            sym = torch.allclose(Hb, Hb.transpose(1, 2), rtol=1e-10, atol=1e-12)
+            _, info = torch.linalg.cholesky_ex(Hb)
+            if not sym or bool((info != 0).any()):
+                raise ValueError("option 'H0' must be symmetric positive definite (set checkH0=False to skip this check)")
+        return H0
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> SolveResult:
+        o = self.o
+        B, n = self.B, self.n
+        x = self.x0
+        ev0 = self.ev.evaluate(x, None, None, grad=True)
+        self.ev.check_start(ev0)
+        self.p, self.q = ev0.ci.shape[1], ev0.ce.shape[1]
+        self.constrained = (self.p + self.q) > 0
+        mu = self._mu0() if self.constrained else torch.ones(B, dtype=self.dtype, device=self.device)
+        self.min_level = o.min_fallback_level if self.constrained else max(o.min_fallback_level, 2)
+        self.max_level = o.max_fallback_level if self.constrained else max(self.min_level, o.max_fallback_level)
+        viol = _violation_rows(ev0, o)
+        H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
+                           scaleH0=o.scaleH0)
+        L = o.ngrad if o.ngrad is not None else min(100, 2 * n, n + 10)
+        cache = init_cache(B, L, n, self.p, self.q, self.dtype, self.device)
+        i64 = dict(dtype=torch.long, device=self.device)
+        zeros_f = torch.zeros(B, dtype=self.dtype, device=self.device)
+        mf = _record_from(x, ev0, viol, mu, torch.ones(B, dtype=torch.bool, device=self.device))
+        best = _record_from(x, ev0, viol, mu, viol.feasible if self.constrained else torch.ones_like(viol.feasible))
+        st = State(
+            x=x.clone(), ev=ev0, viol=viol, mu=mu, H=H, cache=cache,
+            status=torch.full((B,), RUNNING, dtype=torch.int16, device=self.device),
+            level=torch.full((B,), self.min_level, **i64), rand_attempts=torch.zeros(B, **i64),
+            iters=torch.zeros(B, **i64), fn_evals=torch.ones(B, **i64), ls_evals=torch.zeros(B, **i64),
+            last_ls_evals=torch.ones(B, **i64),
+            stat=zeros_f.clone(), n_grads=torch.ones(B, **i64), stat_fallback=torch.zeros(B, dtype=torch.int8, device=self.device),
+            alpha=zeros_f.clone(), sd_level=torch.full((B,), -1, **i64), best=best, mf=mf,
+            mu_lowest=mu.clone(), counters=torch.zeros(B, 6, **i64),
+        )
+        # stationarity at x0 (H0 before any update)
+        all_rows = torch.arange(B, device=self.device)
+        st = self._stationarity(st, all_rows, torch.ones(B, dtype=torch.bool, device=self.device))
+        updated = torch.ones(B, dtype=torch.bool, device=self.device)
+        st = st._replace(status=self._converged(st, updated, torch.full((B,), math.inf, dtype=self.dtype,
+                                                                             device=self.device)))
+        st = self._halt(st, updated)
+        st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
+                                            torch.tensor(int(Status.MAXIT), dtype=torch.int16, device=self.device),
+                                            st.status))
+        if self.printer is not None:
+            self.printer.header(self.constrained, self.p, self.q)
+            self.printer.row(st, updated, first=True)
+        passes = 0
+        while True:
+            running = st.status == RUNNING
+            idx = torch.nonzero(running).flatten()  # the one host sync of a pass
+            if idx.numel() == 0:
+                break
+            full = idx.numel() == B
+            sub = st if full else tree_rows(st, idx)
+            sub, accepted = self._step(sub, idx, st.x)
+            if full:
+                st = sub
+            else:
+                st = _scatter_state(st, idx, sub)
+            acc_full = torch.zeros(B, dtype=torch.bool, device=self.device)
+            acc_full[idx] = accepted
+            st = self._halt(st, acc_full)
+            # wall clock (checked after accepted steps), then maxit
+            if o.maxclocktime < math.inf and time.monotonic() - self.t_start > o.maxclocktime:
+                st = st._replace(status=torch.where((st.status == RUNNING) & acc_full,
+                                                    torch.tensor(int(Status.MAXCLOCKTIME), dtype=torch.int16,
+                                                                 device=self.device), st.status))
+            st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
+                                                torch.tensor(int(Status.MAXIT), dtype=torch.int16, device=self.device),
+                                                st.status))
+            passes += 1
+            if self.printer is not None:
+                self.printer.row(st, acc_full)
+        return self._result(st)
+
+    # ------------------------------------------------------------------------------------------
+    def _apply(self, Hstate: Any, identity: Tensor | None = None, Hreg: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """``V (k, n, c) -> H V`` with H replaced by I where ``identity`` and by ``Hreg`` if given."""
+
+        def apply(V: Tensor) -> Tensor:
+            HV = torch.bmm(Hreg, V) if Hreg is not None else self.hess.matmul(Hstate, V)
+            if identity is not None:
+                HV = torch.where(bmask(identity, HV), V, HV)
+            return HV
+
+        return apply
+
+    def _regularized(self, Hstate: Any) -> Tensor | None:
+        o = self.o
+        if o.regularize_threshold == math.inf or not hasattr(Hstate, "H"):
+            return None
+        Hr, _ = regularize(Hstate.H, o.regularize_threshold, o.regularize_max_eigenvalues)
+        return Hr
+
+    def _stationarity(self, st: State, rows_all: Tensor, mask: Tensor) -> State:
+        """Stationarity at the current points of the problems where ``mask`` (k lanes of ``st``)."""
+        o = self.o
+        gphi = _gphi(st.ev, st.viol, st.mu)
+        gnorm = gphi.norm(dim=1)
+        smooth = gnorm <= o.opt_tol
+        need = mask & ~smooth
+        stat = torch.where(mask & smooth, gnorm, st.stat)
+        n_grads = torch.where(mask & smooth, 1, st.n_grads)
+        fb = torch.where(mask & smooth, torch.tensor(0, dtype=torch.int8, device=self.device), st.stat_fallback)
+        cache = st.cache
+        rows = torch.nonzero(need).flatten()
+        if rows.numel():
+            sub_cache = tree_rows(cache, rows)
+            ev = st.ev
+            sub_cache, nb = cache_insert(sub_cache, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
+            cache = _scatter_tuple(cache, rows, sub_cache)
+            Hsub = tree_rows(st.H, rows)
+            Hreg = self._regularized(Hsub)
+            res = stationarity_qp(self._apply(Hsub, None, Hreg), sub_cache, nb, ev.ci[rows], ev.ce[rows], st.mu[rows],
+                                  qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
+            stat = stat.index_copy(0, rows, res.stat)
+            n_grads = n_grads.index_copy(0, rows, res.n_grads)
+            fb = fb.index_copy(0, rows, res.fallback)
+        return st._replace(stat=stat, n_grads=n_grads, stat_fallback=fb, cache=cache)
+
+    def _converged(self, st: State, mask: Tensor, rel_diff: Tensor) -> Tensor:
+        o = self.o
+        feas = st.viol.feasible
+        run = (st.status == RUNNING) & mask & feas
+        status = st.status
+        code0 = run & (st.stat <= o.opt_tol)
+        code1 = run & ~code0 & (rel_diff <= o.rel_tol)
+        code2 = run & ~code0 & ~code1 & (st.ev.f <= o.fvalquit)
+        for m, c in ((code0, 0), (code1, 1), (code2, 2)):
+            status = torch.where(m, torch.tensor(c, dtype=torch.int16, device=self.device), status)
+        return status
+
+    def _halt(self, st: State, updated: Tensor) -> State:
+        fn = self.o.halt_log_fn
+        if fn is None or not bool(updated.any()):
+            return st
+        phi = _phi(st.ev, st.viol, st.mu)
+        info = HaltInfo(st.iters.clone(), st.x.reshape(self.B, *self.shape).clone(), st.ev.f, st.ev.ci, st.ev.ce,
+                        st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible, st.mu, phi, st.stat, st.n_grads,
+                        st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), st.H, updated.clone())
+        out = fn(info)
+        if out is None:
+            return st
+        if not isinstance(out, Tensor) or out.shape != (self.B,):
+            raise ProblemDefinitionError(
+                f"halt_log_fn must return None or a bool tensor of shape ({self.B},), got "
+                f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+        halt = out.to(device=self.device).bool() & updated & (st.status == RUNNING)
+        return st._replace(status=torch.where(halt, torch.tensor(int(Status.USER_HALT), dtype=torch.int16,
+                                                                  device=self.device), st.status))
+
+    # ------------------------------------------------------------------------------------------
+    def _directions(self, st: State, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Candidate direction per problem at its level: returns ``(d, mu, qp_failed, rand_used)``."""
+        o = self.o
+        level = st.level
+        k = level.shape[0]
+        ev, viol, mu = st.ev, st.viol, st.mu
+        gphi = _gphi(ev, viol, mu)
+        d = -gphi  # level 3
+        mu_new = mu
+        qp_failed = torch.zeros(k, dtype=torch.bool, device=self.device)
+        qn = level == 2
+        steer_lanes = level <= 1
+        if bool(qn.any()):
+            d_qn = -self.hess.matmul(st.H, gphi.unsqueeze(2)).squeeze(2)
+            d = torch.where(bmask(qn, d), d_qn, d)
+        if self.constrained and bool(steer_lanes.any()):
+            rows = torch.nonzero(steer_lanes).flatten()
+            Hsub = tree_rows(st.H, rows)
+            Hreg = self._regularized(Hsub)
+            apply = self._apply(Hsub, level[rows] == 1, Hreg)
+            res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,
+                        c_viol=o.steering_c_viol, c_mu=o.steering_c_mu, maxit=o.steering_maxit,
+                        ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol)
+            d = d.index_copy(0, rows, res.d)
+            mu_new = mu.index_copy(0, rows, res.mu)
+            qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)
+        rand = level == 4
+        if bool(rand.any()):
+            rows = torch.nonzero(rand).flatten().tolist()
+            g_new = _gphi(ev, viol, mu_new)
+            for r in rows:  # rare: level 4 is off by default; one generator per problem keeps batches independent
+                gen = torch.Generator(device="cpu")
+                gen.manual_seed(hash((o.seed, int(idx[r]), int(st.rand_attempts[r]), int(st.iters[r]))) % (2**63))
+                pr = torch.randn(self.n, generator=gen, dtype=self.dtype).to(self.device)
+                pr = torch.where((g_new[r] @ pr) > 0, -pr, pr)
+                d[r] = pr
+        return d, mu_new, qp_failed, rand
+
+    def _step(self, st: State, idx: Tensor, x_full: Tensor) -> tuple[State, Tensor]:
+        o = self.o
+        k = idx.shape[0]
+        dev = self.device
+        first_iter = st.iters == 0
+        d, mu_dir, qp_failed, rand = self._directions(st, idx)
+        if o.search_direction_rescaling:
+            d = d / d.norm(dim=1, keepdim=True)
+        ev, viol = st.ev, st.viol
+        phi_k = _phi(ev, viol, mu_dir)
+        gphi_k = _gphi(ev, viol, mu_dir)
+        slope = (gphi_k * d).sum(dim=1)
+        finite_dir = torch.isfinite(slope) & torch.isfinite(d).all(dim=1)
+        descent = finite_dir & (slope < 0)
+        nondescent_search = finite_dir & ~descent & (o.linesearch_nondescent_maxit > 0)
+        search = ~qp_failed & (descent | nondescent_search)
+        budget = torch.where(descent, float(o.linesearch_maxit),
+                             float(min(o.linesearch_nondescent_maxit, o.linesearch_maxit))).to(self.dtype)
+        rand_attempts = st.rand_attempts + rand.long()
+
+        # -- line search (with penalty reattempts) --------------------------------------------------
+        mu_ls = mu_dir.clone()
+        best, mf = st.best, st.mf
+        records = [best, mf]
+        constrained = self.constrained
+        user_error = torch.zeros(k, dtype=torch.bool, device=dev)
+        evals_total = torch.zeros(k, dtype=torch.long, device=dev)
+
+        def make_problem(mu_cur: Tensor, phi0: Tensor, g0: Tensor) -> LineSearchProblem:
+            payload0 = (ev, viol)
+            start = Trial(phi0, g0, viol.feasible, st.x, _Payload(*payload0))
+
+            def evaluate(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
+                e = self.ev.evaluate(xr, idx[rows], x_full, grad=grad)
+                v = _violation_rows(e, o)
+                m = mu_cur[rows]
+                phi = _phi(e, v, m)
+                g = _gphi(e, v, m) if grad else None
+                if grad:
+                    records[0], records[1] = _update_records(records[0], records[1], rows, xr, e, v, m, constrained)
+                else:
+                    e = Evaluation(e.f, e.ci, e.ce, torch.full_like(xr, math.nan),
+                                   torch.full((xr.shape[0], self.p, self.n), math.nan, dtype=self.dtype, device=dev),
+                                   torch.full((xr.shape[0], self.q, self.n), math.nan, dtype=self.dtype, device=dev))
+                    v = v._replace(gv1=torch.full_like(xr, math.nan))
+                return Trial(phi, g, v.feasible, xr, _Payload(e, v))
+
+            return LineSearchProblem(start, evaluate, o.fvalquit)
+
+        try:
+            res = self.ls.search(make_problem(mu_ls, phi_k, gphi_k), d, search, budget)
+            evals_total += res.evals.long()
+            R = torch.where(first_iter, o.linesearch_reattempts_x0, o.linesearch_reattempts)
+            cmu = torch.where(first_iter, o.linesearch_c_mu_x0, o.linesearch_c_mu).to(self.dtype)
+            mu_lowest = st.mu_lowest
+            if constrained:
+                for j in range(1, max(o.linesearch_reattempts_x0, o.linesearch_reattempts) + 1):
+                    again = search & descent & (res.status == LS_NO_BRACKET) & (j <= R)
+                    if not bool(again.any()):
+                        break
+                    mu_ls = torch.where(again, mu_ls * cmu, mu_ls)
+                    mu_lowest = torch.where(again, torch.minimum(mu_lowest, mu_ls), mu_lowest)
+                    phi_j = _phi(ev, viol, mu_ls)
+                    g_j = _gphi(ev, viol, mu_ls)
+                    res_j = self.ls.search(make_problem(mu_ls, phi_j, g_j), d, again, budget)
+                    evals_total += res_j.evals.long()
+                    res = _merge_ls(again, res_j, res)
+        except Exception as exc:  # the user's function raised inside the line search
+            if o.debug_mode:
+                raise
+            logger.error("problem function raised during the line search (status 11): %r", exc)
+            user_error = search.clone()
+            res = None
+            mu_lowest = st.mu_lowest
+        best, mf = records
+        status = st.status
+        i16 = lambda c: torch.tensor(int(c), dtype=torch.int16, device=dev)  # noqa: E731
+        if res is None:
+            ls_status = torch.full((k,), LS_OK, dtype=torch.int8, device=dev)
+            t = torch.zeros(k, dtype=self.dtype, device=dev)
+            trial = None
+        else:
+            ls_status = res.status
+            t = res.t
+            trial = res.trial
+        ls_status = torch.where(nondescent_search & ~descent & (ls_status != LS_OK),
+                                torch.tensor(LS_NONDESCENT, dtype=torch.int8, device=dev), ls_status)
+
+        # -- outcomes ----------------------------------------------------------------------------
+        level = st.level
+        can_bump = (level < self.max_level) | ((level == 4) & (rand_attempts < o.max_random_attempts))
+        feasible_k = viol.feasible
+        force_accept = o.disable_terminationcode_6 & (level == 3) & search & ~user_error & (ls_status != LS_OK)
+        ok = search & ~user_error & ((ls_status == LS_OK) | force_accept)
+        no_dir = ~qp_failed & ~search  # non-finite or non-descent direction without a search
+        fail1 = search & ~user_error & ~ok & (ls_status == LS_BRACKETED)
+        fail2 = search & ~user_error & ~ok & (ls_status == LS_NO_BRACKET)
+        fail3 = search & ~user_error & ~ok & (ls_status == LS_NONDESCENT)
+        bump = torch.zeros(k, dtype=torch.bool, device=dev)
+        # QP failure in steering
+        qp_bump = qp_failed & can_bump & (not o.halt_on_quadprog_error)
+        status = torch.where(qp_failed & ~qp_bump, i16(Status.QP_ERROR), status)
+        bump |= qp_bump
+        # no usable direction
+        bump |= no_dir & can_bump
+        status = torch.where(no_dir & ~can_bump, i16(Status.NO_DESCENT), status)
+        bump |= fail3 & can_bump
+        status = torch.where(fail3 & ~can_bump, i16(Status.NO_DESCENT), status)
+        # bracketed failure
+        halt6 = fail1 & o.halt_on_linesearch_bracket & feasible_k
+        status = torch.where(halt6, i16(Status.BRACKET_FEASIBLE), status)
+        b1 = fail1 & ~halt6 & can_bump
+        bump |= b1
+        end1 = fail1 & ~halt6 & ~can_bump
+        status = torch.where(end1, torch.where(feasible_k, i16(Status.BRACKET_FEASIBLE), i16(Status.BRACKET_INFEASIBLE)),
+                             status)
+        status = torch.where(fail2, i16(Status.NO_BRACKET), status)
+        status = torch.where(user_error, i16(Status.USER_ERROR), status)
+        new_level = torch.where(bump, torch.clamp(level + 1, max=4), level)
+        new_level = torch.where(bump & (level == 4), level, new_level)
+        ls_evals = st.ls_evals + evals_total
+        fn_evals = st.fn_evals + evals_total
+        mu_lowest = torch.where(fail2, mu_lowest, st.mu_lowest)
+
+        st = st._replace(status=status, level=new_level, rand_attempts=rand_attempts, ls_evals=ls_evals,
+                         fn_evals=fn_evals, best=best, mf=mf, mu_lowest=mu_lowest)
+        if trial is None or not bool(ok.any()):
+            return st, ok
+
+        # -- accept --------------------------------------------------------------------------------
+        ev_new, viol_new = trial.payload
+        mu_acc = mu_ls
+        phi_old = _phi(ev, viol, mu_acc)
+        gphi_old = _gphi(ev, viol, mu_acc)
+        phi_new = trial.phi
+        changed = mu_acc != st.mu
+        rel_diff = torch.where(changed | (phi_old == 0), math.inf, (phi_new - phi_old).abs() / phi_old.abs())
+        H_before = st.H
+        new = st._replace(
+            x=torch.where(bmask(ok, st.x), trial.x, st.x),
+            ev=tree_where(ok, ev_new, st.ev),
+            viol=tree_where(ok, viol_new, st.viol),
+            mu=torch.where(ok, mu_acc, st.mu),
+            iters=st.iters + ok.long(),
+            level=torch.where(ok, self.min_level, new_level),
+            rand_attempts=torch.where(ok, 0, rand_attempts),
+            ls_evals=torch.where(ok, 0, ls_evals),
+            last_ls_evals=torch.where(ok, ls_evals, st.last_ls_evals),
+            alpha=torch.where(ok, t, st.alpha),
+            sd_level=torch.where(ok, level, st.sd_level),
+        )
+        # stationarity with the H from before this update
+        new = self._stationarity(new._replace(H=H_before), idx, ok)
+        # BFGS update with s = t d and y = grad phi(x_new; mu) - grad phi(x_k; mu)
+        s = t.unsqueeze(1) * d
+        gphi_new = _gphi(new.ev, new.viol, new.mu)
+        y = gphi_new - gphi_old
+        H_new, info = self.hess.update(H_before, s, y, ok)
+        code = info.code
+        cnt = torch.stack([
+            ok.long(), ((code == 0) | (code == 1)).long(), info.damped.long(), (code == 2).long(),
+            (code == 3).long(), (code == 1).long()], dim=1)
+        new = new._replace(H=H_new, counters=new.counters + cnt * ok.long().unsqueeze(1))
+        status = self._converged(new, ok, rel_diff)
+        new = new._replace(status=status)
+        return new, ok
+
+    # ------------------------------------------------------------------------------------------
+    def _result(self, st: State) -> SolveResult:
+        shape = (self.B, *self.shape)
+
+        def it(rec: Record, fallback: Record | None = None) -> Iterate:
+            if fallback is not None:
+                rec = tree_where(rec.found, rec, fallback._replace(found=torch.zeros_like(rec.found)))
+            return Iterate(rec.x.reshape(shape), rec.f, rec.ci, rec.ce, rec.tvi, rec.tve, rec.tv, rec.feasible,
+                           rec.mu, rec.found)
+
+        final = Record(st.x, st.ev.f, st.ev.ci, st.ev.ce, st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible,
+                       st.mu, torch.ones_like(st.viol.feasible))
+        names = ["requests", "updates", "damped", "sty_fails", "infnan_fails", "scaling_skips"]
+        res = SolveResult(
+            final=it(final), best=it(st.best, st.mf), most_feasible=it(st.mf), status=st.status.long(),
+            iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=st.viol.tv,
+            mu_lowest=st.mu_lowest, bfgs={nm: st.counters[:, j] for j, nm in enumerate(names)}, H_final=st.H,
+            elapsed=time.monotonic() - self.t_start, options=self.o,
+        )
+        if self.printer is not None:
+            self.printer.footer(res)
+        return res
+
+
+class _Payload(NamedTuple):
+    ev: Evaluation
+    viol: Violation
+
+
+def _merge_ls(mask: Tensor, new: Any, old: Any) -> Any:
+    """Per-problem merge of two line-search results (``new`` where ``mask``)."""
+    return type(old)(
+        torch.where(mask, new.t, old.t),
+        tree_where(mask, new.trial, old.trial),
+        torch.where(mask, new.status, old.status),
+        torch.where(mask, new.evals, old.evals),
+    )
+
+
+def _scatter_tuple(base: Any, idx: Tensor, rows: Any) -> Any:
+    """In-place row scatter over a NamedTuple tree (returns ``base``)."""
+    if isinstance(base, tuple) and hasattr(base, "_fields"):
+        return type(base)(*(_scatter_tuple(b, idx, r) for b, r in zip(base, rows)))
+    if isinstance(base, Tensor):
+        base[idx] = rows.to(base.dtype)
+        return base
+    return base
+
+
+def _scatter_state(st: State, idx: Tensor, sub: State) -> State:
+    return _scatter_tuple(st, idx, sub)

@@ -1,0 +1,142 @@
+"""Stationarity measure (spec section 5): smooth check, neighbourhood gradient cache and the
+gradient-sampling termination QP, batched over problems."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .qp import BoxQP, QPSolver, QPStatus
+from .utils import bmask
+
+__all__ = ["GradientCache", "init_cache", "cache_insert", "stationarity_qp"]
+
+
+class GradientCache(NamedTuple):
+    """Ring buffer of the last L points and their raw gradients, per problem.
+
+    Shapes: ``X, G (B, L, n)``; ``Ji (B, L, p, n)``; ``Je (B, L, q, n)``; ``filled (B, L)`` bool;
+    ``next (B,)`` long, the slot written next (the oldest once the buffer is full).
+    """
+
+    X: Tensor
+    G: Tensor
+    Ji: Tensor
+    Je: Tensor
+    filled: Tensor
+    next: Tensor
+
+
+def init_cache(B: int, L: int, n: int, p: int, q: int, dtype: torch.dtype, device: torch.device) -> GradientCache:
+    z = torch.zeros(B, L, n, dtype=dtype, device=device)
+    return GradientCache(
+        z, z.clone(), torch.zeros(B, L, p, n, dtype=dtype, device=device),
+        torch.zeros(B, L, q, n, dtype=dtype, device=device),
+        torch.zeros(B, L, dtype=torch.bool, device=device), torch.zeros(B, dtype=torch.long, device=device),
+    )
+
+
+def cache_insert(cache: GradientCache, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor, evaldist: float) -> tuple[GradientCache, Tensor]:
+    """Insert the new points of k problems and return their neighbourhoods.
+
+    The neighbourhood is every cached point within Euclidean distance ``evaldist`` of ``x``,
+    including ``x`` itself (exact distances; GRANSO's triangle-inequality bookkeeping gives the same
+    set). Returns ``(cache, nb)`` with ``nb (k, L)`` bool.
+    """
+    k, L, n = cache.X.shape
+    dist = (cache.X - x.unsqueeze(1)).norm(dim=2)
+    slot = cache.next
+    onehot = torch.nn.functional.one_hot(slot, L).bool()  # (k, L)
+    nb = (cache.filled & (dist <= evaldist) & ~onehot) | onehot
+    X = torch.where(onehot.unsqueeze(2), x.unsqueeze(1), cache.X)
+    G = torch.where(onehot.unsqueeze(2), g.unsqueeze(1), cache.G)
+    Jin = torch.where(onehot.view(k, L, 1, 1), Ji.unsqueeze(1), cache.Ji)
+    Jen = torch.where(onehot.view(k, L, 1, 1), Je.unsqueeze(1), cache.Je)
+    new = GradientCache(X, G, Jin, Jen, cache.filled | onehot, (slot + 1) % L)
+    return new, nb
+
+
+class StationarityResult(NamedTuple):
+    """``stat (k,)`` measure (inf if every QP attempt failed), ``n_grads (k,)`` samples used,
+    ``fallback (k,)`` int8: 0 first QP solved, 2 solved with H replaced by I inside the QP, -1 failed."""
+
+    stat: Tensor
+    n_grads: Tensor
+    fallback: Tensor
+
+
+def stationarity_qp(
+    apply_H: Callable[[Tensor], Tensor],
+    cache: GradientCache,
+    nb: Tensor,
+    ci: Tensor,
+    ce: Tensor,
+    mu: Tensor,
+    *,
+    qp: QPSolver,
+    l2: bool = True,
+    qp_tol: float = 1e-12,
+) -> StationarityResult:
+    """Termination QP over the neighbourhood samples (spec 5.3), with the redundant bound
+    sigma <= mu and the constant term -f * sum(sigma) dropped.
+
+    Args:
+        apply_H: ``V (k, n, c) -> H V`` (the H before this iteration's update).
+        cache, nb: the cache and the ``(k, L)`` neighbourhood masks of the k problems.
+        ci, ce: constraint values at the current points, ``(k, p)`` and ``(k, q)``; ``mu (k,)``.
+    """
+    k, L, n = cache.X.shape
+    p, q = ci.shape[1], ce.shape[1]
+    w = 1 + p + q
+    counts = nb.sum(dim=1)
+    lmax = int(counts.max()) if k else 0  # one small host sync: sizes the QP
+    lmax = max(lmax, 1)
+    order = torch.argsort((~nb).to(torch.int8), dim=1, stable=True)[:, :lmax]  # neighbourhood first
+    valid = torch.arange(lmax, device=nb.device).unsqueeze(0) < counts.unsqueeze(1)  # (k, lmax)
+    gi = order.view(k, lmax, 1).expand(k, lmax, n)
+    G = torch.gather(cache.G, 1, gi)
+    Ji = torch.gather(cache.Ji, 1, order.view(k, lmax, 1, 1).expand(k, lmax, p, n))
+    Je = torch.gather(cache.Je, 1, order.view(k, lmax, 1, 1).expand(k, lmax, q, n))
+    blocks = torch.cat([Je, G.unsqueeze(2), Ji], dim=2)  # (k, lmax, w, n): [nu (q), sigma, lambda (p)]
+    blocks = torch.where(valid.view(k, lmax, 1, 1), blocks, 0.0)
+    M = blocks.reshape(k, lmax * w, n)
+    m = lmax * w
+    f64 = torch.float64
+    dev = nb.device
+    lo1 = torch.cat([-torch.ones(q, dtype=f64, device=dev), torch.zeros(1 + p, dtype=f64, device=dev)])
+    hi1 = torch.cat([torch.ones(q, dtype=f64, device=dev), torch.full((1,), torch.inf, dtype=f64, device=dev),
+                     torch.ones(p, dtype=f64, device=dev)])
+    vmask = valid.unsqueeze(2).expand(k, lmax, w)
+    lo = torch.where(vmask, lo1.view(1, 1, w), 0.0).reshape(k, m)
+    hi = torch.where(vmask, hi1.view(1, 1, w), 0.0).reshape(k, m)
+    lin1 = -torch.cat([ce.double(), torch.zeros(k, 1, dtype=f64, device=dev), ci.double()], dim=1)  # (k, w)
+    lin = torch.where(vmask, lin1.unsqueeze(1), 0.0).reshape(k, m)
+    sig = torch.zeros(w, dtype=torch.bool, device=dev)
+    sig[q] = True
+    eq_mask = (vmask & sig.view(1, 1, w)).reshape(k, m)
+    HM = apply_H(M.transpose(1, 2).contiguous())  # (k, n, m)
+    M64, HM64 = M.double(), HM.double()
+    finite = torch.isfinite(M64).flatten(1).all(1) & torch.isfinite(HM64).flatten(1).all(1) & torch.isfinite(lin).all(1)
+
+    def solve(Qm: Tensor) -> tuple[Tensor, Tensor]:
+        Qm = 0.5 * (Qm + Qm.transpose(1, 2))
+        ok = finite & torch.isfinite(Qm).flatten(1).all(1)
+        Qm = torch.where(bmask(ok, Qm), Qm, 0.0)
+        res = qp.solve(BoxQP(Q=Qm, q=torch.where(bmask(ok, lin), lin, 0.0), lo=lo, hi=hi, eq_mask=eq_mask,
+                             r=mu.double()), tol=qp_tol)
+        return res.w, ok & (res.status != QPStatus.FAILED)
+
+    z, ok1 = solve(torch.bmm(M64, HM64))
+    fallback = torch.where(ok1, 0, -1).to(torch.int8)
+    need = ~ok1 & finite
+    if bool(need.any()):
+        z2, ok2 = solve(torch.bmm(M64, M64.transpose(1, 2)))
+        z = torch.where(bmask(ok1, z), z, z2)
+        fallback = torch.where(~ok1 & ok2, torch.tensor(2, dtype=torch.int8, device=dev), fallback)
+    dvec = -torch.bmm(HM64, z.unsqueeze(2)).squeeze(2)
+    stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
+    stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)
+    return StationarityResult(stat, counts, fallback)

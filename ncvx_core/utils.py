@@ -1,0 +1,53 @@
+"""Helpers over (nested) NamedTuples of batched tensors: gather, scatter and select by rows.
+
+Every tensor leaf has the batch dimension first; ``None`` and non-tensor leaves pass through.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["tree_map", "tree_rows", "tree_where", "tree_scatter", "bmask"]
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(obj, "_fields")
+
+
+def tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
+    """Apply ``fn`` leaf-wise over NamedTuples with the same structure (tensor leaves only)."""
+    first = trees[0]
+    if _is_namedtuple(first):
+        return type(first)(*(tree_map(fn, *parts) for parts in zip(*trees)))
+    if isinstance(first, Tensor):
+        return fn(*trees)
+    return first
+
+
+def bmask(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask (k,)`` reshaped to broadcast against ``like (k, ...)``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def tree_rows(tree: Any, idx: Tensor) -> Any:
+    """Rows ``idx`` of every leaf."""
+    return tree_map(lambda t: t[idx], tree)
+
+
+def tree_where(mask: Tensor, new: Any, old: Any) -> Any:
+    """Row-wise ``mask ? new : old``."""
+    return tree_map(lambda a, b: torch.where(bmask(mask, a), a, b), new, old)
+
+
+def tree_scatter(base: Any, idx: Tensor, rows: Any) -> Any:
+    """Copy of ``base`` with rows ``idx`` replaced by ``rows`` (out of place)."""
+
+    def put(b: Tensor, r: Tensor) -> Tensor:
+        out = b.clone()
+        out[idx] = r.to(b.dtype)
+        return out
+
+    return tree_map(put, base, rows)

@@ -1,0 +1,580 @@
+"""Property tests of the batched weak Wolfe line search in ``ncvx_core/linesearch.py`` (spec section 3).
+
+The penalty functions are batched toys written here: convex quadratics, absolute-value kinks,
+maxima of affine functions, linear functions (unbounded below), functions that are NaN outside a
+ball and a discontinuous function whose bracket collapses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ncvx_core.linesearch import (
+    LS_BRACKETED,
+    LS_NO_BRACKET,
+    LS_OK,
+    Backtracking,
+    LineSearchProblem,
+    Trial,
+    WeakWolfe,
+)
+
+DT = torch.float64
+seeds = st.integers(0, 2**31 - 1)
+
+
+class Payload(NamedTuple):
+    phi: torch.Tensor
+    row: torch.Tensor
+    tag: str = "payload"  # non-tensor leaves pass through
+
+
+# ----------------------------------------------------------------------------------------------
+# batched toy penalty functions
+@dataclass
+class Toy:
+    """phi_b(x) = 1/2 x'A x + b'x + sum_i w_i |x_i - c_i| + lam * max_j (a_j'x + e_j)
+    (+ jump where b'x < theta), NaN where |x - center| > radius."""
+
+    A: torch.Tensor  # (B, n, n) PSD
+    b: torch.Tensor  # (B, n)
+    w: torch.Tensor  # (B, n) >= 0
+    c: torch.Tensor  # (B, n)
+    lam: torch.Tensor  # (B,)
+    aff: torch.Tensor  # (B, J, n)
+    e: torch.Tensor  # (B, J)
+    center: torch.Tensor  # (B, n)
+    radius: torch.Tensor  # (B,) inf = no NaN region
+    theta: torch.Tensor  # (B,) -inf = no jump
+    jump: torch.Tensor  # (B,)
+    feasible: torch.Tensor  # (B,) bool
+    lie: torch.Tensor  # (B, n) added to the reported gradient (0 = exact gradient)
+
+    @property
+    def B(self) -> int:
+        return self.b.shape[0]
+
+    def sub(self, idx: torch.Tensor) -> Toy:
+        return Toy(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    def phi(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        A, b, w, c = self.A[idx], self.b[idx], self.w[idx], self.c[idx]
+        Ax = (A * x.unsqueeze(1)).sum(-1)
+        v = 0.5 * (Ax * x).sum(-1) + (b * x).sum(-1) + (w * (x - c).abs()).sum(-1)
+        aff = (self.aff[idx] * x.unsqueeze(1)).sum(-1) + self.e[idx]
+        v = v + self.lam[idx] * aff.amax(-1)
+        v = v + torch.where((b * x).sum(-1) < self.theta[idx], self.jump[idx], 0.0)
+        out = (x - self.center[idx]).norm(dim=1) > self.radius[idx]
+        return torch.where(out, math.nan, v)
+
+    def grad(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        A, b, w, c = self.A[idx], self.b[idx], self.w[idx], self.c[idx]
+        g = (A * x.unsqueeze(1)).sum(-1) + b + w * torch.sign(x - c)
+        aff = (self.aff[idx] * x.unsqueeze(1)).sum(-1) + self.e[idx]
+        j = aff.argmax(-1)
+        g = g + self.lam[idx].unsqueeze(1) * self.aff[idx][torch.arange(len(idx)), j]
+        g = g + self.lie[idx]
+        out = (x - self.center[idx]).norm(dim=1) > self.radius[idx]
+        return torch.where(out.unsqueeze(1), math.nan, g)
+
+
+def make_toy(g: torch.Generator, B: int, n: int, kinds: list[str], x0: torch.Tensor | None = None) -> Toy:
+    """A batch of toys; ``nanball`` problems are NaN outside a ball around ``x0`` (radius 0.5..3.5)."""
+    def rn(*s):
+        return torch.randn(*s, generator=g, dtype=DT)
+
+    def ru(*s):
+        return torch.rand(*s, generator=g, dtype=DT)
+
+    J = 3
+    M = rn(B, n, n)
+    A = M @ M.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=DT)
+    A = 0.5 * (A + A.transpose(1, 2))
+    b, c, w = rn(B, n), rn(B, n), torch.zeros(B, n, dtype=DT)
+    lam = torch.zeros(B, dtype=DT)
+    aff, e = rn(B, J, n), rn(B, J)
+    center = torch.zeros(B, n, dtype=DT) if x0 is None else x0.clone()
+    radius = torch.full((B,), math.inf, dtype=DT)
+    theta = torch.full((B,), -math.inf, dtype=DT)
+    jump = torch.zeros(B, dtype=DT)
+    for i, kind in enumerate(kinds):
+        if kind in ("kink", "mixed"):
+            w[i] = ru(n) * 2
+        if kind in ("maxaff", "mixed"):
+            lam[i] = 0.5 + ru(1).item()
+        if kind == "linear":
+            A[i] = 0.0
+        if kind == "nanball":
+            radius[i] = 0.5 + 3 * ru(1).item()
+    return Toy(A, b, w, c, lam, aff, e, center, radius, theta, jump,
+               torch.ones(B, dtype=torch.bool), torch.zeros(B, n, dtype=DT))
+
+
+class Recorder:
+    """An ``evaluate`` callback over a Toy that records every call."""
+
+    def __init__(self, toy: Toy, feasible: torch.Tensor | None = None) -> None:
+        self.toy = toy
+        self.feasible = toy.feasible if feasible is None else feasible
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+
+    def trial(self, x: torch.Tensor, rows: torch.Tensor, grad: bool) -> Trial:
+        phi = self.toy.phi(x, rows)
+        gphi = self.toy.grad(x, rows) if grad else None
+        return Trial(phi, gphi, self.feasible[rows].clone(), x.clone(), Payload(phi.clone(), rows.clone()))
+
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, grad: bool) -> Trial:
+        assert rows.dtype == torch.long
+        self.calls.append((x.clone(), rows.clone(), grad))
+        return self.trial(x, rows, grad)
+
+
+@dataclass
+class Setup:
+    toy: Toy
+    x0: torch.Tensor
+    d: torch.Tensor
+    rec: Recorder
+    prob: LineSearchProblem
+    active: torch.Tensor
+    budget: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+
+def setup(toy: Toy, x0, d=None, active=None, budget=None, fvalquit=-math.inf, feasible=None) -> Setup:
+    B = toy.B
+    rec = Recorder(toy, feasible)
+    rows = torch.arange(B)
+    start = rec.trial(x0, rows, True)
+    if d is None:
+        d = -start.gphi
+    active = torch.ones(B, dtype=torch.bool) if active is None else active
+    budget = torch.full((B,), math.inf, dtype=DT) if budget is None else budget
+    prob = LineSearchProblem(start=start, evaluate=rec, fvalquit=fvalquit)
+    return Setup(toy, x0, d, rec, prob, active, budget)
+
+
+def run(ls, S: Setup):
+    return ls.search(S.prob, S.d, S.active, S.budget)
+
+
+def _s0(S: Setup) -> torch.Tensor:
+    return (S.prob.start.gphi * S.d).sum(1)
+
+
+def check_calls(S: Setup, res, grads_expected: bool | None = True, final_grad_call: bool = False):
+    """evaluate was only called on rows still searching, each problem in one contiguous run of calls
+    (with ``final_grad_call``: the backtracking search's last gradient call is left out)."""
+    B = S.toy.B
+    seen = [[] for _ in range(B)]
+    calls = S.rec.calls
+    if final_grad_call:
+        x, rows, grad = calls[-1]
+        assert grad is True
+        calls = calls[:-1]
+        extra = torch.zeros(B, dtype=torch.int32).index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
+    else:
+        extra = torch.zeros(B, dtype=torch.int32)
+    for k, (x, rows, grad) in enumerate(calls):
+        assert rows.numel() > 0
+        assert torch.equal(rows, torch.unique(rows))  # sorted, no duplicates
+        assert bool(S.active[rows].all())
+        # the points lie on the search rays x0 + t d with t > 0
+        dx = x - S.x0[rows]
+        dd = S.d[rows]
+        t = (dx * dd).sum(1) / (dd * dd).sum(1)
+        assert bool((t > 0).all())
+        assert torch.allclose(dx, t.unsqueeze(1) * dd, rtol=1e-12, atol=1e-12 * float(x.abs().max() + 1))
+        if grads_expected is not None:
+            assert grad is grads_expected
+        for r in rows.tolist():
+            seen[r].append(k)
+    for b in range(B):
+        assert len(seen[b]) + int(extra[b]) == int(res.evals[b])
+        if seen[b]:
+            assert seen[b] == list(range(seen[b][0], seen[b][0] + len(seen[b])))
+            assert seen[b][0] == 0  # everybody active starts at the first trial
+    return seen
+
+
+def check_basic(S: Setup, res, ls):
+    B = S.toy.B
+    assert res.t.shape == (B,) and res.status.shape == (B,) and res.evals.shape == (B,)
+    assert res.status.dtype == torch.int8
+    assert bool(torch.isfinite(res.t).all()) and bool((res.t >= 0).all())
+    start = S.prob.start
+    ina = ~S.active
+    assert bool((res.t[ina] == 0).all())
+    assert bool((res.evals[ina] == 0).all())
+    assert bool((res.status[ina] == LS_OK).all())
+    for a, b in zip(res.trial[:4], start[:4]):
+        assert torch.equal(a[ina], b[ina])
+    assert torch.equal(res.trial.payload.phi[ina], start.payload.phi[ina])
+    assert torch.equal(res.trial.payload.row[ina], start.payload.row[ina])
+    # the returned trial is the point x0 + t d, with consistent values and payload
+    xt = S.x0 + res.t.unsqueeze(1) * S.d
+    assert torch.allclose(res.trial.x, xt, rtol=0, atol=1e-13 * float(xt.abs().max() + 1))
+    rows = torch.arange(B)
+    phi_t = S.toy.phi(res.trial.x, rows)
+    assert torch.equal(res.trial.phi, phi_t)
+    assert torch.equal(res.trial.payload.phi, res.trial.phi)
+    assert torch.equal(res.trial.payload.row, rows)
+    assert res.trial.gphi is not None
+    # independent recomputation of the conditions at x0 + t d
+    s0 = _s0(S)
+    phi0 = start.phi
+    phi_rec = S.toy.phi(xt, rows)
+    g_rec = S.toy.grad(xt, rows)
+    pos = S.active & (res.t > 0)
+    if ls.backtracking:  # a failed backtracking search returns its last (rejected) trial
+        pos = pos & (res.status == LS_OK)
+    armijo = phi_rec < phi0 + ls.c1 * res.t * s0
+    assert bool(armijo[pos].all()), "every returned positive step satisfies Armijo"
+    ok = S.active & (res.status == LS_OK)
+    assert bool((res.t[ok] > 0).all())
+    if not ls.backtracking:
+        wolfe = (g_rec * S.d).sum(1) > ls.c2 * s0
+        quit_ = S.prob.fvalquit > -math.inf
+        if not quit_:
+            assert bool(wolfe[ok].all()), "weak Wolfe on success"
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------
+KINDS = ["quad", "kink", "maxaff", "mixed", "nanball"]
+
+
+@st.composite
+def batches(draw, kinds=KINDS, min_B=2, max_B=6):
+    B = draw(st.integers(min_B, max_B))
+    n = draw(st.integers(1, 5))
+    ks = draw(st.lists(st.sampled_from(kinds), min_size=B, max_size=B))
+    active = draw(st.lists(st.booleans(), min_size=B, max_size=B))
+    if not any(active):
+        active[draw(st.integers(0, B - 1))] = True
+    seed = draw(seeds)
+    return B, n, ks, torch.tensor(active), seed
+
+
+def _x0(g, B, n):
+    return torch.randn(B, n, generator=g, dtype=DT)
+
+
+@given(data=batches(), c1=st.floats(0.0, 0.4), dc=st.floats(0.05, 0.55), t0=st.sampled_from([1.0, 0.25, 3.0]))
+def test_wolfe_conditions_on_success(data, c1, dc, t0):
+    B, n, kinds, active, seed = data
+    c2 = min(c1 + dc, 0.95)
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n) * 0.3
+    toy = make_toy(g, B, n, kinds, x0)
+    S = setup(toy, x0, active=active)
+    ls = WeakWolfe(c1=c1, c2=c2, t0=t0)
+    res = run(ls, S)
+    check_basic(S, res, ls)
+    check_calls(S, res)
+    assert bool(((res.status == LS_OK) | (res.status == LS_BRACKETED) | (res.status == LS_NO_BRACKET)).all())
+    # smooth strongly convex problems always succeed
+    quad = torch.tensor([k == "quad" for k in kinds]) & active
+    assert bool((res.status[quad] == LS_OK).all())
+    # returned points never carry NaN values
+    assert bool(torch.isfinite(res.trial.phi).all())
+
+
+def _linear_toy(B: int, n: int, scales: list[float]) -> Toy:
+    g = torch.Generator().manual_seed(0)
+    toy = make_toy(g, B, n, ["linear"] * B)
+    b = torch.randn(B, n, generator=g, dtype=DT)
+    b = b / b.norm(dim=1, keepdim=True) * torch.tensor(scales, dtype=DT).unsqueeze(1)
+    toy.b = b
+    toy.aff.zero_()
+    return toy
+
+
+def test_unbounded_below_gives_no_bracket_after_nexpmax_expansions():
+    # ||d|| = 1: nexpmax = round(log2(1e5)) = 17; 1e-3: round(log2(1e8)) = 27; 1e3: max(10, 7) = 10
+    scales = [1.0, 1e-3, 1e3, 1.0]
+    toy = _linear_toy(4, 3, scales)
+    S = setup(toy, torch.zeros(4, 3, dtype=DT) + 0.1)
+    ls = WeakWolfe()
+    res = run(ls, S)
+    check_basic(S, res, ls)
+    check_calls(S, res)
+    nexpmax = [17, 27, 10, 17]
+    assert res.status.tolist() == [LS_NO_BRACKET] * 4
+    assert res.evals.tolist() == [1 + k for k in nexpmax]
+    assert res.t.tolist() == [2.0**k for k in nexpmax]
+
+
+def test_unbounded_below_mixed_with_solvable_problem():
+    g = torch.Generator().manual_seed(3)
+    toy = make_toy(g, 3, 2, ["linear", "quad", "linear"])
+    S = setup(toy, _x0(g, 3, 2))
+    res = run(WeakWolfe(t0=0.5), S)
+    assert res.status.tolist() == [LS_NO_BRACKET, LS_OK, LS_NO_BRACKET]
+    check_calls(S, res)
+
+
+def _jump_toy(taus: list[float], n: int = 2) -> tuple[Toy, torch.Tensor]:
+    """phi = b'x, dropping linearly along d = -b until t = tau where it jumps up by 10."""
+    B = len(taus)
+    g = torch.Generator().manual_seed(1)
+    toy = make_toy(g, B, n, ["linear"] * B)
+    toy.aff.zero_()
+    toy.b = torch.randn(B, n, generator=g, dtype=DT)
+    x0 = torch.randn(B, n, generator=g, dtype=DT) + 2.0
+    bx0 = (toy.b * x0).sum(1)
+    bb = (toy.b * toy.b).sum(1)
+    toy.theta = bx0 - torch.tensor(taus, dtype=DT) * bb  # b'(x0 - t b) < theta  <=>  t > tau
+    toy.jump = torch.full((B,), 1e3, dtype=DT)
+    return toy, x0
+
+
+def test_collapsing_bracket_gives_bracketed():
+    taus = [0.3, 0.7, 2.5]
+    toy, x0 = _jump_toy(taus)
+    S = setup(toy, x0)
+    ls = WeakWolfe()
+    res = run(ls, S)
+    check_basic(S, res, ls)
+    check_calls(S, res)
+    assert res.status.tolist() == [LS_BRACKETED] * 3
+    tau = torch.tensor(taus, dtype=DT)
+    assert bool((res.t <= tau * (1 + 1e-9)).all())
+    assert bool((res.t >= tau * (1 - 1e-9)).all())
+    # the bracket shrank to the step tolerance in a bounded number of evaluations
+    assert bool((res.evals < 80).all())
+
+
+def test_armijo_tie_fails():
+    # phi = b'x / 2 with the reported gradient b: phi(x0 + t d) = phi0 + c1 t s0 exactly for c1 = 1/2
+    toy = _linear_toy(2, 2, [1.0, 1.0])
+    toy.b = torch.tensor([[0.5, 0.0], [0.5, 0.0]], dtype=DT)
+    toy.lie = torch.tensor([[0.5, 0.0], [0.5, 0.0]], dtype=DT)
+    x0 = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=DT)
+    d = torch.tensor([[-1.0, 0.0], [-1.0, 0.0]], dtype=DT)
+    S = setup(toy, x0, d=d)
+    res = run(WeakWolfe(c1=0.5, c2=0.5), S)
+    assert res.status.tolist() == [LS_BRACKETED] * 2
+    assert res.t.tolist() == [0.0, 0.0]
+    assert torch.equal(res.trial.x, x0)
+
+
+@given(data=batches(kinds=["nanball"], min_B=2), t0=st.sampled_from([1.0, 10.0, 1e3]))
+def test_nan_beyond_a_step_never_returns_nan(data, t0):
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, kinds, x0)
+    S = setup(toy, x0, active=active)
+    ls = WeakWolfe(t0=t0)
+    res = run(ls, S)
+    ok = check_basic(S, res, ls)
+    check_calls(S, res)
+    assert bool(torch.isfinite(res.trial.phi).all())
+    assert bool(torch.isfinite(res.trial.gphi[ok]).all())
+    inside = (res.trial.x - toy.center).norm(dim=1) <= toy.radius
+    assert bool(inside.all())
+
+
+def test_nan_at_initial_step_succeeds_with_smaller_step():
+    # phi = 1/2|x|^2 + b'x from x0 = 0 along d = -b: Wolfe interval t in (0.5, ~2); NaN beyond
+    # t = 3 (problem 0) or t = 0.4 (problem 1, which can only fail cleanly)
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.zeros(2, 3, dtype=DT)
+    toy = make_toy(g, 2, 3, ["nanball", "nanball"], x0)
+    toy.A = torch.eye(3, dtype=DT).expand(2, 3, 3).clone()
+    toy.radius = torch.tensor([3.0, 0.4], dtype=DT) * toy.b.norm(dim=1)
+    S = setup(toy, x0)
+    ls = WeakWolfe(t0=1000.0)
+    res = run(ls, S)
+    check_basic(S, res, ls)
+    check_calls(S, res)
+    assert res.status.tolist() == [LS_OK, LS_BRACKETED]
+    assert 0.5 < float(res.t[0]) < 2.0
+    assert 0.0 < float(res.t[1]) <= 0.4
+    assert bool(torch.isfinite(res.trial.phi).all())
+
+
+@given(data=batches(kinds=KINDS + ["linear"], min_B=2), perm_seed=seeds,
+       backtracking=st.booleans())
+def test_batch_independence_and_permutation(data, perm_seed, backtracking):
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n) * 0.5
+    toy = make_toy(g, B, n, kinds, x0)
+    budget = torch.where(torch.rand(B, generator=g, dtype=DT) < 0.3, 4.0, math.inf).to(DT)
+    ls = WeakWolfe(backtracking=backtracking)
+    S = setup(toy, x0, active=active, budget=budget)
+    res = run(ls, S)
+    for b in range(B):
+        idx = torch.tensor([b])
+        Sb = setup(toy.sub(idx), x0[idx], active=active[idx], budget=budget[idx])
+        rb = run(ls, Sb)
+        assert torch.equal(rb.t, res.t[idx])
+        assert torch.equal(rb.evals, res.evals[idx])
+        assert torch.equal(rb.status, res.status[idx])
+        assert torch.equal(rb.trial.x, res.trial.x[idx])
+    perm = torch.randperm(B, generator=torch.Generator().manual_seed(perm_seed))
+    Sp = setup(toy.sub(perm), x0[perm], active=active[perm], budget=budget[perm])
+    rp = run(ls, Sp)
+    assert torch.equal(rp.t, res.t[perm])
+    assert torch.equal(rp.evals, res.evals[perm])
+    assert torch.equal(rp.status, res.status[perm])
+    assert torch.equal(rp.trial.phi, res.trial.phi[perm])
+
+
+@given(data=batches(kinds=["quad", "kink", "mixed", "linear"], min_B=2),
+       budgets=st.lists(st.sampled_from([0, 1, 2, 3, 5, 8, math.inf]), min_size=6, max_size=6))
+def test_budget_is_respected(data, budgets):
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    toy = make_toy(g, B, n, kinds)
+    x0 = _x0(g, B, n)
+    budget = torch.tensor(budgets[:B], dtype=DT)
+    ls = WeakWolfe(t0=4.0)
+    free = run(ls, setup(toy, x0, active=active))
+    S = setup(toy, x0, active=active, budget=budget)
+    res = run(ls, S)
+    check_basic(S, res, ls)
+    check_calls(S, res)
+    assert bool((res.evals.to(DT) <= budget).all())
+    within = active & (free.evals.to(DT) <= budget)
+    assert torch.equal(res.t[within], free.t[within])
+    assert torch.equal(res.status[within], free.status[within])
+    cut = active & ~within
+    assert bool((res.evals.to(DT)[cut] == budget[cut]).all())
+    assert bool((res.status[cut] != LS_OK).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# backtracking
+@given(data=batches(kinds=["quad", "kink", "mixed", "linear", "nanball"]), t0=st.sampled_from([1.0, 8.0, 64.0]),
+       cls=st.booleans())
+def test_backtracking_value_only_trials_and_halving(data, t0, cls):
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, kinds, x0)
+    S = setup(toy, x0, active=active)
+    ls = Backtracking(t0=t0) if cls else WeakWolfe(t0=t0, backtracking=True)
+    assert ls.backtracking
+    res = run(ls, S)
+    ok = check_basic(S, res, ls)
+    check_calls(S, res, False, final_grad_call=True)
+    calls = S.rec.calls
+    assert len(calls) >= 2
+    # value-only trials, then exactly one gradient evaluation at the returned points
+    assert [c[2] for c in calls] == [False] * (len(calls) - 1) + [True]
+    xf, rows_f, _ = calls[-1]
+    assert torch.equal(rows_f, torch.nonzero(active).flatten())
+    assert torch.equal(xf, res.trial.x[rows_f])
+    for b in torch.nonzero(active).flatten().tolist():
+        ts = []
+        for x, rows, grad in calls[:-1]:
+            hit = torch.nonzero(rows == b).flatten()
+            if hit.numel():
+                dx = x[hit[0]] - S.x0[b]
+                ts.append(float((dx @ S.d[b]) / (S.d[b] @ S.d[b])))
+        assert len(ts) + 1 == int(res.evals[b])
+        expected = [t0 * 0.5**k for k in range(len(ts))]
+        assert all(math.isclose(a, e, rel_tol=1e-12) for a, e in zip(ts, expected)), (ts, expected)
+        if res.status[b] == LS_OK:
+            assert math.isclose(float(res.t[b]), ts[-1], rel_tol=1e-12)
+    assert bool((res.status[active & ~ok] == LS_BRACKETED).all())
+    # the final gradient evaluation is the returned gradient
+    assert torch.equal(res.trial.gphi[active], toy.grad(res.trial.x[active], torch.nonzero(active).flatten()))
+
+
+def test_backtracking_accepts_where_weak_wolfe_cannot_bracket():
+    toy = _linear_toy(2, 3, [1.0, 2.0])
+    x0 = torch.ones(2, 3, dtype=DT)
+    S = setup(toy, x0)
+    res = run(Backtracking(t0=2.0), S)
+    assert res.status.tolist() == [LS_OK, LS_OK]
+    assert res.t.tolist() == [2.0, 2.0]
+    assert res.evals.tolist() == [2, 2]
+    S2 = setup(toy, x0)
+    assert run(WeakWolfe(t0=2.0), S2).status.tolist() == [LS_NO_BRACKET] * 2
+
+
+def test_backtracking_budget_counts_value_trials():
+    toy, x0 = _jump_toy([0.01, 0.02])
+    S = setup(toy, x0, budget=torch.tensor([3.0, 1.0], dtype=DT))
+    res = run(Backtracking(), S)
+    assert res.status.tolist() == [LS_BRACKETED] * 2
+    value_calls = [c for c in S.rec.calls if not c[2]]
+    per_row = [sum(int((c[1] == b).sum()) for c in value_calls) for b in range(2)]
+    assert per_row == [3, 1]
+    # on exhaustion the last trial point is re-evaluated with gradient and returned
+    assert res.t.tolist() == [0.25, 1.0]
+    assert res.evals.tolist() == [4, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# fvalquit
+@pytest.mark.parametrize("backtracking", [False, True])
+def test_fvalquit_accepts_feasible_trial_even_if_wolfe_fails(backtracking):
+    # the same linear phi(x0 + t d) = phi0 - t for three problems: curvature fails at every step,
+    # so weak Wolfe alone never brackets; quit level phi0 - 1/2
+    toy = _linear_toy(3, 2, [1.0, 1.0, 1.0])
+    toy.b = toy.b[:1].expand(3, 2).clone()
+    x0 = torch.ones(3, 2, dtype=DT)
+    toy.center = x0.clone()
+    toy.radius = torch.tensor([math.inf, math.inf, 0.3], dtype=DT)  # problem 2: NaN beyond t = 0.3
+    feasible = torch.tensor([True, False, True])
+    phi0 = float((toy.b[0] * x0[0]).sum())
+    fq = phi0 - 0.5
+    S = setup(toy, x0, fvalquit=fq, feasible=feasible)
+    res = run(WeakWolfe(backtracking=backtracking), S)
+    check_calls(S, res, None, final_grad_call=backtracking)
+    # problem 0: the first trial (t = 1, phi = phi0 - 1) is feasible and below the quit level
+    assert int(res.status[0]) == LS_OK and float(res.t[0]) == 1.0
+    assert int(res.evals[0]) == (2 if backtracking else 1)
+    assert float(res.trial.phi[0]) <= fq
+    # problem 2 can never reach the quit level with a finite value
+    assert float(res.trial.phi[2]) > fq
+    assert bool(torch.isfinite(res.trial.phi).all())
+    if not backtracking:
+        assert int(res.status[1]) == LS_NO_BRACKET  # infeasible: no quit exit
+        assert int(res.status[2]) == LS_BRACKETED
+    else:
+        assert res.status.tolist() == [LS_OK] * 3  # Armijo suffices
+        assert res.t.tolist() == [1.0, 1.0, 0.25]
+
+
+def test_fvalquit_ignores_nan_and_infeasible():
+    toy = _linear_toy(2, 2, [1.0, 1.0])
+    x0 = torch.ones(2, 2, dtype=DT)
+    S = setup(toy, x0, fvalquit=math.inf, feasible=torch.tensor([True, False]))
+    res = run(WeakWolfe(), S)
+    # fvalquit = +inf: any finite feasible trial quits; the infeasible one expands to the end
+    assert res.status.tolist() == [LS_OK, LS_NO_BRACKET]
+    assert res.evals.tolist() == [1, 18]
+
+
+def test_inactive_everything_returns_start():
+    g = torch.Generator().manual_seed(2)
+    toy = make_toy(g, 3, 2, ["quad", "kink", "linear"])
+    S = setup(toy, _x0(g, 3, 2), active=torch.zeros(3, dtype=torch.bool))
+    res = run(WeakWolfe(), S)
+    assert S.rec.calls == []
+    assert res.t.tolist() == [0.0] * 3 and res.evals.tolist() == [0] * 3
+    assert res.status.tolist() == [LS_OK] * 3
+    assert torch.equal(res.trial.x, S.prob.start.x) and torch.equal(res.trial.phi, S.prob.start.phi)
+    assert torch.equal(res.trial.gphi, S.prob.start.gphi)
+
+
+def test_invalid_constants_raise():
+    with pytest.raises(ValueError):
+        WeakWolfe(c1=0.6)
+    with pytest.raises(ValueError):
+        WeakWolfe(c1=0.3, c2=0.2)
+    with pytest.raises(ValueError):
+        WeakWolfe(c2=1.0)
