@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test test-all test-slow demo bench lint docs clean
+.PHONY: install test test-all test-slow test-reference demo bench lint docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test-all: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow tests
+
+# PyGRANSO (AGPL, numpy<2) lives in its own environment, used only for cross-checks and benchmarks
+test-reference:
+	$(PYTHON) -m venv .venv-ref
+	.venv-ref/bin/python -m pip install -q $(TORCH_PIN) "numpy<2" scipy osqp pygranso pytest hypothesis
+	.venv-ref/bin/python -m pip install -q --no-deps -e .
+	.venv-ref/bin/python -m pytest -q -m reference tests
 
 demo: install
 	$(PY) -m ncvx_core.demo

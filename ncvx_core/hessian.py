@@ -133,14 +133,15 @@ class BFGS:
             - rho.view(-1, 1, 1) * (Hy.unsqueeze(2) * s.unsqueeze(1) + s.unsqueeze(2) * Hy.unsqueeze(1))
             + coef.view(-1, 1, 1) * s.unsqueeze(2) * s.unsqueeze(1)
         )
-        finite = torch.isfinite(Hn).flatten(1).all(dim=1)
+        finite = (torch.isfinite(Hn).flatten(1).all(dim=1) & torch.isfinite(s).all(dim=1)
+                  & torch.isfinite(y).all(dim=1))
         ok = mask & sty_ok & finite
         code = torch.full_like(mask, -1, dtype=torch.int8)
         code = torch.where(mask & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
-        code = torch.where(mask & sty_ok & ~finite, torch.tensor(3, dtype=torch.int8), code)
+        code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
         H_out = torch.where(ok.view(-1, 1, 1), Hn, H)
-        pending = state.scale_pending & ~(mask & sty_ok)
+        pending = state.scale_pending & ~ok
         return BFGSState(H_out, pending), UpdateInfo(code, damped & mask)
 
     def dense(self, state: BFGSState) -> Tensor:

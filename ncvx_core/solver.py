@@ -85,7 +85,7 @@ class HaltInfo(NamedTuple):
     callback returns a ``(B,)`` bool tensor (or None) and only its entries for updated problems
     still running count. ``x`` has the user's shape ``(B, *shape)``; ``H`` is the inverse-Hessian
     state; ``fallback_level`` the direction strategy that produced the step (0 S, 1 SI, 2 QN, 3 GD,
-    4 random).
+    4 random); ``status`` the current termination codes (-1 while running).
     """
 
     iteration: Tensor
@@ -106,6 +106,7 @@ class HaltInfo(NamedTuple):
     fallback_level: Tensor
     H: Any
     updated: Tensor
+    status: Tensor
 
 
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
@@ -421,7 +422,8 @@ class _Solver:
         phi = _phi(st.ev, st.viol, st.mu)
         info = HaltInfo(st.iters.clone(), st.x.reshape(self.B, *self.shape).clone(), st.ev.f, st.ev.ci, st.ev.ce,
                         st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible, st.mu, phi, st.stat, st.n_grads,
-                        st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), st.H, updated.clone())
+                        st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), st.H, updated.clone(),
+                        st.status.long())
         out = fn(info)
         if out is None:
             return st

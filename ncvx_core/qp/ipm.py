@@ -94,6 +94,7 @@ class IPMQPSolver:
         shift: float = 1e-12,
         polish_reg: float = 1e-10,
         polish_steps: int = 4,
+        gamma_n: float = 1e-3,
     ) -> None:
         self.max_iter = int(max_iter)
         self.polish = bool(polish)
@@ -102,6 +103,8 @@ class IPMQPSolver:
         self.shift = float(shift)
         self.polish_reg = float(polish_reg)
         self.polish_steps = int(polish_steps)
+        self.gamma_n = float(gamma_n)
+        self._fractions = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.25, 0.1], dtype=torch.float64)
 
     def supports(self, qp: BoxQP) -> bool:
         """The IPM handles every problem of the type."""
@@ -250,6 +253,8 @@ class IPMQPSolver:
             r_yu = torch.where(ubm, smu - ys + du_a * dy_a, torch.zeros_like(u))
             du, dz, dy, dnu = direction(r_zl, r_yu)
             al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
+            al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
+            al = self._neighborhood(al, u, s, z, y, du, dz, dy, lb, ubm, W.ncomp)
             finite_dir = (
                 torch.isfinite(du).all(-1) & torch.isfinite(dz).all(-1) & torch.isfinite(dy).all(-1)
                 & torch.isfinite(dnu)
@@ -271,6 +276,33 @@ class IPMQPSolver:
         if nfail:
             logger.debug("ipm: %d of %d problems did not converge", nfail, int(run0.sum()))
         return U, Z, Y, NU, CONV, ITERS
+
+    # ------------------------------------------------------------------------------------
+    def _neighborhood(
+        self, al: Tensor, u: Tensor, s: Tensor, z: Tensor, y: Tensor, du: Tensor, dz: Tensor,
+        dy: Tensor, lb: Tensor, ubm: Tensor, ncomp: Tensor,
+    ) -> Tensor:
+        """Backtrack the step (b,) over a fixed set of fractions so that every complementarity
+        product stays above ``gamma_n`` times their new mean (wide neighborhood of the central
+        path).  This prevents the two-cycles plain Mehrotra steps can fall into on degenerate
+        problems.  Fixed number of candidates, no host sync."""
+        rh = self._fractions.to(device=al.device, dtype=al.dtype)
+        A = (al.unsqueeze(-1) * rh).unsqueeze(-1)  # (b, k, 1)
+        un = u.unsqueeze(1) + A * du.unsqueeze(1)
+        zn = z.unsqueeze(1) + A * dz.unsqueeze(1)
+        sn = s.unsqueeze(1) - A * du.unsqueeze(1)
+        yn = y.unsqueeze(1) + A * dy.unsqueeze(1)
+        lbk, ubk = lb.unsqueeze(1), ubm.unsqueeze(1)
+        pl = un * zn
+        pu = sn * yn
+        big = torch.full_like(pl, float("inf"))
+        mun = (torch.where(lbk, pl, torch.zeros_like(pl)).sum(-1)
+               + torch.where(ubk, pu, torch.zeros_like(pu)).sum(-1)) / ncomp.unsqueeze(-1)
+        minp = torch.minimum(torch.where(lbk, pl, big).amin(-1), torch.where(ubk, pu, big).amin(-1))
+        okk = minp >= self.gamma_n * mun  # (b, k); no bounds at all -> inf >= 0 -> True
+        okk[:, -1] = True
+        first = okk.to(torch.int8).argmax(-1)  # first acceptable fraction
+        return al * rh[first]
 
     # ------------------------------------------------------------------------------------
     def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor) -> Tensor:
