@@ -269,7 +269,10 @@ class LBFGS:
         S = torch.where(dst_valid.unsqueeze(2), torch.gather(wS, 1, gi), 0.0)
         Y = torch.where(dst_valid.unsqueeze(2), torch.gather(wY, 1, gi), 0.0)
         sty = _bdot(S, Y)
-        rho = torch.where(dst_valid & (sty > 0), 1.0 / torch.where(sty > 0, sty, 1.0), 0.0)
+        good = dst_valid & (sty > 0)  # a pair without positive curvature is dropped
+        S = torch.where(good.unsqueeze(2), S, 0.0)
+        Y = torch.where(good.unsqueeze(2), Y, 0.0)
+        rho = torch.where(good, 1.0 / torch.where(sty > 0, sty, 1.0), 0.0)
         pending = take == 0
         return S, Y, rho, wg.clone(), take, pending
 

@@ -133,8 +133,11 @@ class WeakWolfe:
         best = start  # the returned point: lower bracket end, or the accepted trial
         last_value_trial_t = torch.zeros(k, dtype=dt, device=dev)
         while True:
+            # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
+            # so that a search through x = 0 stops at a bracket of step_tol (instead of bisecting
+            # until the step underflows)
             xa_norm = (x0 + alpha.unsqueeze(1) * d).norm(dim=1)
-            cont = ((beta - alpha) > self.step_tol * xa_norm / dnorm) & (evals < budget)
+            cont = ((beta - alpha) > self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)) & (evals < budget)
             stop = searching & ~cont
             status = torch.where(stop, torch.where(torch.isinf(beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8), status)
             searching = searching & cont

@@ -99,6 +99,8 @@ class SolverOptions:
     seed: int = 0
     qp_tol: float = 1e-12
     jacobian: str = "loop"
+    auto_memory: bool = True
+    memory_limit: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901 - a flat list of checks reads best
         def bad(name: str, expected: str) -> None:
@@ -194,6 +196,9 @@ class SolverOptions:
             bad("qp_tol", "in (0, 1e-2)")
         if self.jacobian not in ("loop", "vmap"):
             bad("jacobian", "'loop' or 'vmap'")
+        boolean("auto_memory")
+        if self.memory_limit is not None and num("memory_limit") <= 0:
+            bad("memory_limit", "None or a positive number of bytes")
 
     def replace(self, **changes: Any) -> "SolverOptions":
         """Copy with some options changed (validated like the constructor)."""

@@ -111,6 +111,31 @@ class Evaluator:
         self.p: int | None = None
         self.q: int | None = None
         self.calls = 0
+        self.scales: tuple[Tensor, Tensor, Tensor] | None = None  # prescaling of f, ci, ce: (B,), (B, p), (B, q)
+
+    def set_prescaling(self, ev0: Evaluation, threshold: float) -> Evaluation:
+        """Scale every function whose gradient norm at x0 exceeds ``threshold`` by
+        ``threshold / ||grad||`` for the rest of the run (spec section 1); returns ``ev0`` scaled."""
+
+        def factor(gn: Tensor) -> Tensor:
+            return torch.where(gn > threshold, threshold / gn, torch.ones_like(gn))
+
+        sf = factor(ev0.g.norm(dim=1))
+        si = factor(ev0.Ji.norm(dim=2))
+        se = factor(ev0.Je.norm(dim=2))
+        self.scales = (sf, si, se)
+        return self._scale(ev0, None)
+
+    def _scale(self, ev: Evaluation, idx: Tensor | None) -> Evaluation:
+        if self.scales is None:
+            return ev
+        sf, si, se = (s if idx is None else s[idx] for s in self.scales)
+        return Evaluation(
+            ev.f * sf, ev.ci * si, ev.ce * se,
+            None if ev.g is None else ev.g * sf.unsqueeze(1),
+            None if ev.Ji is None else ev.Ji * si.unsqueeze(2),
+            None if ev.Je is None else ev.Je * se.unsqueeze(2),
+        )
 
     # ------------------------------------------------------------------------------------------
     def _call(self, x: Tensor, idx: Tensor | None) -> Any:
@@ -203,10 +228,10 @@ class Evaluator:
             full = x_full.detach().clone()
             full[idx] = x
             ev = self._evaluate_rows(full, None, grad)
-            return ev.rows(idx)
+            return self._scale(ev.rows(idx), idx)
         if idx is None and self.accepts_idx:
             idx = torch.arange(k, device=self.device)
-        return self._evaluate_rows(x, idx, grad)
+        return self._scale(self._evaluate_rows(x, idx, grad), idx)
 
     def _evaluate_rows(self, x: Tensor, idx: Tensor | None, grad: bool) -> Evaluation:
         k = x.shape[0]

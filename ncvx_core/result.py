@@ -81,6 +81,7 @@ class SolveResult:
     H_final: Any
     elapsed: float = 0.0
     options: Any = None
+    memory_plan: Any = None
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -159,7 +160,7 @@ class SolveResult:
         data: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name == "options":
+            if f.name in ("options", "memory_plan"):
                 continue
             if isinstance(v, tuple) and hasattr(v, "_fields"):
                 data[f.name] = {"__type__": type(v).__name__, **v._asdict()}

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .errors import ProblemDefinitionError
 from .hessian import BFGS, LBFGS, HessianApprox, regularize
+from .memory import plan_memory
 from .linesearch import LS_BRACKETED, LS_NO_BRACKET, LS_NONDESCENT, LS_OK, LineSearch, LineSearchProblem, Trial, WeakWolfe
 from .options import SolverOptions
 from .penalty import Violation, violation
@@ -247,9 +248,9 @@ class _Solver:
         self.qp = get_qp_solver(qp if qp is not None else o.QPsolver)
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)
-        if hess is None:
-            hess = "lbfgs" if o.limited_mem_size > 0 else "bfgs"
-        self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
+        self.hess_spec = hess
+        if hess is not None:  # validate early; built in run() once the memory plan is known
+            self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
         self.printer = IterationPrinter(o, self.B) if o.print_level > 0 else None
         self.t_start = time.monotonic()
 
@@ -292,15 +293,29 @@ class _Solver:
         x = self.x0
         ev0 = self.ev.evaluate(x, None, None, grad=True)
         self.ev.check_start(ev0)
+        if o.prescaling_threshold < math.inf:
+            ev0 = self.ev.set_prescaling(ev0, o.prescaling_threshold)
+            if o.prescaling_info_msg:
+                sf, si, se = self.ev.scales
+                n_scaled = int((sf < 1).sum() + (si < 1).sum() + (se < 1).sum())
+                logger.info("prescaling: %d function(s) scaled down at x0 (gradient norm > %g); records report "
+                            "unscaled objective and constraint values", n_scaled, o.prescaling_threshold)
         self.p, self.q = ev0.ci.shape[1], ev0.ce.shape[1]
         self.constrained = (self.p + self.q) > 0
         mu = self._mu0() if self.constrained else torch.ones(B, dtype=self.dtype, device=self.device)
         self.min_level = o.min_fallback_level if self.constrained else max(o.min_fallback_level, 2)
         self.max_level = o.max_fallback_level if self.constrained else max(self.min_level, o.max_fallback_level)
         viol = _violation_rows(ev0, o)
+        self.plan = plan_memory(B, n, self.p, self.q, self.dtype, self.device, limited_mem_size=o.limited_mem_size,
+                                ngrad=o.ngrad, auto=o.auto_memory, memory_limit=o.memory_limit,
+                                fixed_hessian=self.hess_spec is not None or o.H0 is not None)
+        if self.hess_spec is None:
+            m = self.plan.limited_mem_size
+            self.hess = (LBFGS(m, o.bfgs_damping, o.scaleH0, o.limited_mem_fixed_scaling) if m > 0
+                         else BFGS(o.bfgs_damping))
         H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
                            scaleH0=o.scaleH0)
-        L = o.ngrad if o.ngrad is not None else min(100, 2 * n, n + 10)
+        L = self.plan.ngrad
         cache = init_cache(B, L, n, self.p, self.q, self.dtype, self.device)
         i64 = dict(dtype=torch.long, device=self.device)
         zeros_f = torch.zeros(B, dtype=self.dtype, device=self.device)
@@ -388,8 +403,10 @@ class _Solver:
         n_grads = torch.where(mask & smooth, 1, st.n_grads)
         fb = torch.where(mask & smooth, torch.tensor(0, dtype=torch.int8, device=self.device), st.stat_fallback)
         cache = st.cache
-        rows = torch.nonzero(need).flatten()
-        if rows.numel():
+        rows_all = torch.nonzero(need).flatten()
+        chunk = max(1, self.plan.chunk)
+        for start in range(0, rows_all.numel(), chunk):
+            rows = rows_all[start:start + chunk]
             sub_cache = tree_rows(cache, rows)
             ev = st.ev
             sub_cache, nb = cache_insert(sub_cache, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
@@ -398,6 +415,7 @@ class _Solver:
             Hreg = self._regularized(Hsub)
             res = stationarity_qp(self._apply(Hsub, None, Hreg), sub_cache, nb, ev.ci[rows], ev.ce[rows], st.mu[rows],
                                   qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
+            del sub_cache, nb
             stat = stat.index_copy(0, rows, res.stat)
             n_grads = n_grads.index_copy(0, rows, res.n_grads)
             fb = fb.index_copy(0, rows, res.fallback)
@@ -645,9 +663,17 @@ class _Solver:
     def _result(self, st: State) -> SolveResult:
         shape = (self.B, *self.shape)
 
+        scales = self.ev.scales
+
         def it(rec: Record, fallback: Record | None = None) -> Iterate:
             if fallback is not None:
                 rec = tree_where(rec.found, rec, fallback._replace(found=torch.zeros_like(rec.found)))
+            if scales is not None:  # report the user's (unscaled) values
+                sf, si, se = scales
+                ci, ce = rec.ci / si, rec.ce / se
+                tvi = ci.clamp(min=0).amax(1) if ci.shape[1] else torch.zeros_like(rec.f)
+                tve = ce.abs().amax(1) if ce.shape[1] else torch.zeros_like(rec.f)
+                rec = rec._replace(f=rec.f / sf, ci=ci, ce=ce, tvi=tvi, tve=tve, tv=torch.maximum(tvi, tve))
             return Iterate(rec.x.reshape(shape), rec.f, rec.ci, rec.ce, rec.tvi, rec.tve, rec.tv, rec.feasible,
                            rec.mu, rec.found)
 
@@ -658,7 +684,7 @@ class _Solver:
             final=it(final), best=it(st.best, st.mf), most_feasible=it(st.mf), status=st.status.long(),
             iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=st.viol.tv,
             mu_lowest=st.mu_lowest, bfgs={nm: st.counters[:, j] for j, nm in enumerate(names)}, H_final=st.H,
-            elapsed=time.monotonic() - self.t_start, options=self.o,
+            elapsed=time.monotonic() - self.t_start, options=self.o, memory_plan=self.plan,
         )
         if self.printer is not None:
             self.printer.footer(res)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ncvx_core.hessian import BFGS, LBFGS, LBFGSState, damp, regularize
@@ -515,9 +515,8 @@ def test_lbfgs_warm_start_from_dict_keeps_first_m_pairs(seed, n, k, m, gamma):
         assert _rel(Hd[b], torch.from_numpy(ref)) < 1e-10
 
 
-@pytest.mark.xfail(strict=True, reason="LBFGS._warm zeroes rho of a warm-start pair with s'y <= 0 "
-                   "but keeps its S/Y columns (and counts it), so matmul mixes the dead pair into H")
 def test_lbfgs_warm_start_with_invalid_pair_ignores_it():
+    # regression: the dead pair's rho was zeroed but its S/Y columns kept and mixed into H
     S = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=DT)  # pairs as rows
     Y = torch.tensor([[2.0, 0.0], [0.0, -1.0]], dtype=DT)  # the second pair has s'y = -1
     lb = LBFGS(3, damping=0.0)

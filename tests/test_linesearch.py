@@ -8,7 +8,7 @@ ball and a discontinuous function whose bracket collapses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import pytest
@@ -154,7 +154,6 @@ class Setup:
     prob: LineSearchProblem
     active: torch.Tensor
     budget: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
 
 def setup(toy: Toy, x0, d=None, active=None, budget=None, fvalquit=-math.inf, feasible=None) -> Setup:

@@ -15,6 +15,23 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies_qp import (
+    NpQP,
+    box_problem,
+    mixed_batch,
+    np_kkt_scaled,
+    np_objective,
+    np_project,
+    obj_scale,
+    oracle,
+    pad,
+    steering_np,
+    steering_problem,
+    termination_np,
+    termination_problem,
+    to_boxqp,
+    var_scale,
+)
 
 from ncvx_core.qp import (
     QP_SOLVERS,
@@ -30,24 +47,6 @@ from ncvx_core.qp import (
     project_feasible,
     qp_objective,
     validate_qp,
-)
-
-from strategies_qp import (
-    NpQP,
-    box_problem,
-    mixed_batch,
-    np_kkt_scaled,
-    np_objective,
-    np_project,
-    obj_scale,
-    oracle,
-    steering_np,
-    pad,
-    steering_problem,
-    termination_np,
-    termination_problem,
-    to_boxqp,
-    var_scale,
 )
 
 HAVE_QPTH = importlib.util.find_spec("qpth") is not None

@@ -288,6 +288,8 @@ def project_feasible(qp: BoxQP, w: Tensor) -> Tensor:
     so the result is always finite.  For infeasible problems (e.g. ``r`` larger than the sum of
     the masked upper bounds) the result is the closest point found, which violates the equality.
     """
+    if qp.m == 0:
+        return w.clone()
     lo, hi = _sanitized_bounds(qp.lo, qp.hi)
     return _project(w, lo, hi, qp.eq_mask, qp.r)
 
@@ -502,6 +504,8 @@ def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False) -> Tensor:
     of very different size (e.g. ``r = 1e-6``) and is the measure used for the solvers' status
     (``<= 1e-6``: at least INACCURATE).
     """
+    if qp.m == 0:
+        return torch.zeros(qp.B, dtype=qp.q.dtype, device=qp.device)
     lo, hi = _sanitized_bounds(qp.lo, qp.hi)
     bad = _bad_data(qp)
     if not scaled:
@@ -545,6 +549,16 @@ def active_mask(qp: BoxQP, active: Tensor | None) -> Tensor:
             f"active: expected Tensor(shape=({B},), dtype=torch.bool), received {_describe(active)}"
         )
     return active.to(qp.device)
+
+
+def trivial_result(qp: BoxQP) -> QPResult:
+    """Result for a batch with ``m == 0`` (nothing to solve)."""
+    B, dev = qp.B, qp.device
+    return QPResult(
+        w=qp.q.clone(),
+        status=torch.full((B,), int(QPStatus.SOLVED), dtype=torch.int8, device=dev),
+        iters=torch.zeros(B, dtype=torch.int32, device=dev),
+    )
 
 
 def finalize(

@@ -28,6 +28,7 @@ from .base import (
     active_mask,
     canonicalize,
     finalize,
+    trivial_result,
     validate_qp,
 )
 
@@ -79,6 +80,8 @@ class EnumQPSolver:
                 f"received m={qp.m}, equality={'yes' if qp.eq_mask is not None else 'no'}"
             )
         act = active_mask(qp, active)
+        if qp.m == 0:
+            return trivial_result(qp)
         with torch.no_grad():
             try:
                 u, consistent = _enum_solve(qp)

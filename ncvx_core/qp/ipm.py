@@ -35,6 +35,7 @@ from .base import (
     active_mask,
     canonicalize,
     finalize,
+    trivial_result,
     validate_qp,
 )
 
@@ -46,6 +47,13 @@ logger = logging.getLogger("ncvx_core.qp")
 def _bmv(A: Tensor, x: Tensor) -> Tensor:
     """Batched matrix-vector product: (b, m, m) x (b, m) -> (b, m)."""
     return torch.matmul(A, x.unsqueeze(-1)).squeeze(-1)
+
+
+def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
+    """Solve ``L L^T x = b`` for (b, m) right-hand sides given the lower Cholesky factor
+    (b, m, m); two batched triangular solves (faster than ``cholesky_solve`` on CPU)."""
+    y = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)
 
 
 def _max_step(x: Tensor, dx: Tensor, mask: Tensor) -> Tensor:
@@ -94,6 +102,7 @@ class IPMQPSolver:
         shift: float = 1e-12,
         polish_reg: float = 1e-10,
         polish_steps: int = 4,
+        polish_rounds: int = 4,
         gamma_n: float = 1e-3,
     ) -> None:
         self.max_iter = int(max_iter)
@@ -103,6 +112,7 @@ class IPMQPSolver:
         self.shift = float(shift)
         self.polish_reg = float(polish_reg)
         self.polish_steps = int(polish_steps)
+        self.polish_rounds = int(polish_rounds)
         self.gamma_n = float(gamma_n)
         self._fractions = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.25, 0.1], dtype=torch.float64)
 
@@ -114,6 +124,8 @@ class IPMQPSolver:
         """Solve the batch.  ``tol`` is the convergence tolerance in scaled units."""
         validate_qp(qp)
         act = active_mask(qp, active)
+        if qp.m == 0:
+            return trivial_result(qp)
         with torch.no_grad():
             can = canonicalize(qp)
             run0 = act & ~can.bad
@@ -169,7 +181,7 @@ class IPMQPSolver:
             ITERS[w.idx] = w.iters
             CONV[w.idx] = w.conv
 
-        eta = self.eta
+        frac = self._fractions.to(device=dev, dtype=dt)
         while True:
             P, c, a, lb, ubm = W.P, W.c, W.a, W.lb, W.ubm
             u, z, y, nu = W.u, W.z, W.y, W.nu
@@ -190,7 +202,7 @@ class IPMQPSolver:
                 cmax <= tol
             )
             running = ~W.conv & ~conv & (W.iters < self.max_iter)
-            W.conv = W.conv | (conv & ~W.conv)
+            W.conv = W.conv | conv
             n_run = int(running.sum())  # the one host sync per iteration
             if n_run == 0:
                 break
@@ -201,92 +213,107 @@ class IPMQPSolver:
                 W = W.gather(keep)
                 continue  # recompute residuals on the compacted set (cheap, keeps code simple)
 
-            # ---- Newton system
-            D = torch.where(lb, z / uu, torch.zeros_like(u)) + torch.where(ubm, y / s, torch.zeros_like(u))
-            K = P.clone()
-            K.diagonal(dim1=-2, dim2=-1).add_(D + self.shift + W.extra.unsqueeze(-1))
-            L, info = torch.linalg.cholesky_ex(K)
-            ok = info == 0
-
-            if any_eq:
-                Ka = torch.cholesky_solve(a.unsqueeze(-1), L).squeeze(-1)
-                aKa = (a * Ka).sum(-1)
-                aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, torch.ones_like(aKa))
-            else:
-                Ka = aKa_safe = None
-
-            def direction(r_zl: Tensor, r_yu: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-                rhs = -rd + torch.where(lb, r_zl / uu, torch.zeros_like(u)) - torch.where(
-                    ubm, r_yu / s, torch.zeros_like(u)
-                )
-                v = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
-                if Ka is not None and aKa_safe is not None:
-                    dnu = (-rp - (a * v).sum(-1)) / aKa_safe
-                    dnu = torch.where(W.has_eq, dnu, torch.zeros_like(dnu))
-                    du = v + dnu.unsqueeze(-1) * Ka
-                else:
-                    dnu = torch.zeros_like(rp)
-                    du = v
-                dz = torch.where(lb, (r_zl - z * du) / uu, torch.zeros_like(u))
-                dy = torch.where(ubm, (r_yu + y * du) / s, torch.zeros_like(u))
-                return du, dz, dy, dnu
-
-            def step_len(du: Tensor, dz: Tensor, dy: Tensor) -> Tensor:
-                return torch.stack(
-                    [_max_step(u, du, lb), _max_step(s, -du, ubm), _max_step(z, dz, lb),
-                     _max_step(y, dy, ubm)], -1).amin(-1)
-
-            # predictor
-            du_a, dz_a, dy_a, _ = direction(-zu, -ys)
-            al_a = step_len(du_a, dz_a, dy_a).clamp(max=1.0)
-            ala = al_a.unsqueeze(-1)
-            u_a = u + ala * du_a
-            mu_a = (
-                (torch.where(lb, u_a, torch.zeros_like(u)) * (z + ala * dz_a)).sum(-1)
-                + (torch.where(ubm, s - ala * du_a, torch.zeros_like(u)) * (y + ala * dy_a)).sum(-1)
-            ) / W.ncomp
-            sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, torch.ones_like(mu))) ** 3, torch.zeros_like(mu))
-            sig = sig.clamp(0.0, 1.0)
-            smu = (sig * mu).unsqueeze(-1)
-            # corrector
-            r_zl = torch.where(lb, smu - zu - du_a * dz_a, torch.zeros_like(u))
-            r_yu = torch.where(ubm, smu - ys + du_a * dy_a, torch.zeros_like(u))
-            du, dz, dy, dnu = direction(r_zl, r_yu)
-            al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
-            al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
-            al = self._neighborhood(al, u, s, z, y, du, dz, dy, lb, ubm, W.ncomp)
-            finite_dir = (
-                torch.isfinite(du).all(-1) & torch.isfinite(dz).all(-1) & torch.isfinite(dy).all(-1)
-                & torch.isfinite(dnu)
-            )
-            good = ok & finite_dir
-            al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
-            upd = running & good
-            alc = torch.where(upd, al, torch.zeros_like(al)).unsqueeze(-1)
-            W.u = torch.where(upd.unsqueeze(-1), u + alc * du, u)
-            W.z = torch.where(upd.unsqueeze(-1), (z + alc * dz).clamp_min(0.0), z)
-            W.y = torch.where(upd.unsqueeze(-1), (y + alc * dy).clamp_min(0.0), y)
-            W.nu = torch.where(upd, nu + alc.squeeze(-1) * dnu, nu)
-            fail = running & ~good
-            W.extra = torch.where(fail, torch.clamp(W.extra * 100.0, min=1e-10), W.extra)
-            W.iters = W.iters + running.to(W.iters.dtype)
+            self._step(W, running, rd, rp, zu, ys, mu, s, uu, any_eq, frac)
 
         write_back(W)
-        nfail = int((run0 & ~CONV).sum())
-        if nfail:
+        if logger.isEnabledFor(logging.DEBUG):
+            nfail = int((run0 & ~CONV).sum())
             logger.debug("ipm: %d of %d problems did not converge", nfail, int(run0.sum()))
         return U, Z, Y, NU, CONV, ITERS
 
     # ------------------------------------------------------------------------------------
+    def _step(
+        self, W: _Work, running: Tensor, rd: Tensor, rp: Tensor, zu: Tensor, ys: Tensor,
+        mu: Tensor, s: Tensor, uu: Tensor, any_eq: bool, frac: Tensor,
+    ) -> None:
+        """One Mehrotra predictor-corrector step for the running problems of ``W`` (in place).
+
+        ``rd``/``rp``: dual/primal residuals (b, m)/(b,); ``zu``/``ys``: complementarity products
+        (0 where the bound is absent); ``s``: upper slacks (1 where absent); ``uu``: ``u`` (1 where
+        there is no lower bound).
+        """
+        P, a, lb, ubm = W.P, W.a, W.lb, W.ubm
+        u, z, y, nu = W.u, W.z, W.y, W.nu
+        eta = self.eta
+        # ---- Newton system
+        D = torch.where(lb, z / uu, torch.zeros_like(u)) + torch.where(ubm, y / s, torch.zeros_like(u))
+        K = P.clone()
+        K.diagonal(dim1=-2, dim2=-1).add_(D + self.shift + W.extra.unsqueeze(-1))
+        L, info = torch.linalg.cholesky_ex(K)
+        ok = info == 0
+
+        if any_eq:
+            Ka = _chol_solve(L, a)
+            aKa = (a * Ka).sum(-1)
+            aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, torch.ones_like(aKa))
+        else:
+            Ka = aKa_safe = None
+
+        def direction(r_zl: Tensor, r_yu: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            rhs = -rd + torch.where(lb, r_zl / uu, torch.zeros_like(u)) - torch.where(
+                ubm, r_yu / s, torch.zeros_like(u)
+            )
+            v = _chol_solve(L, rhs)
+            if Ka is not None and aKa_safe is not None:
+                dnu = (-rp - (a * v).sum(-1)) / aKa_safe
+                dnu = torch.where(W.has_eq, dnu, torch.zeros_like(dnu))
+                du = v + dnu.unsqueeze(-1) * Ka
+            else:
+                dnu = torch.zeros_like(rp)
+                du = v
+            dz = torch.where(lb, (r_zl - z * du) / uu, torch.zeros_like(u))
+            dy = torch.where(ubm, (r_yu + y * du) / s, torch.zeros_like(u))
+            return du, dz, dy, dnu
+
+        def step_len(du: Tensor, dz: Tensor, dy: Tensor) -> Tensor:
+            return torch.stack(
+                [_max_step(u, du, lb), _max_step(s, -du, ubm), _max_step(z, dz, lb),
+                 _max_step(y, dy, ubm)], -1).amin(-1)
+
+        # predictor
+        du_a, dz_a, dy_a, _ = direction(-zu, -ys)
+        al_a = step_len(du_a, dz_a, dy_a).clamp(max=1.0)
+        ala = al_a.unsqueeze(-1)
+        u_a = u + ala * du_a
+        mu_a = (
+            (torch.where(lb, u_a, torch.zeros_like(u)) * (z + ala * dz_a)).sum(-1)
+            + (torch.where(ubm, s - ala * du_a, torch.zeros_like(u)) * (y + ala * dy_a)).sum(-1)
+        ) / W.ncomp
+        sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, torch.ones_like(mu))) ** 3, torch.zeros_like(mu))
+        sig = sig.clamp(0.0, 1.0)
+        smu = (sig * mu).unsqueeze(-1)
+        # corrector
+        r_zl = torch.where(lb, smu - zu - du_a * dz_a, torch.zeros_like(u))
+        r_yu = torch.where(ubm, smu - ys + du_a * dy_a, torch.zeros_like(u))
+        du, dz, dy, dnu = direction(r_zl, r_yu)
+        al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
+        al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
+        al = self._neighborhood(al, u, s, z, y, du, dz, dy, lb, ubm, W.ncomp, frac)
+        finite_dir = (
+            torch.isfinite(du).all(-1) & torch.isfinite(dz).all(-1) & torch.isfinite(dy).all(-1)
+            & torch.isfinite(dnu)
+        )
+        good = ok & finite_dir
+        upd = running & good
+        alc = torch.where(upd, al, torch.zeros_like(al)).unsqueeze(-1)
+        W.u = torch.where(upd.unsqueeze(-1), u + alc * du, u)
+        W.z = torch.where(upd.unsqueeze(-1), (z + alc * dz).clamp_min(0.0), z)
+        W.y = torch.where(upd.unsqueeze(-1), (y + alc * dy).clamp_min(0.0), y)
+        W.nu = torch.where(upd, nu + alc.squeeze(-1) * dnu, nu)
+        fail = running & ~good
+        W.extra = torch.where(fail, torch.clamp(W.extra * 100.0, min=1e-10), W.extra)
+        W.iters = W.iters + running.to(W.iters.dtype)
+
+    # ------------------------------------------------------------------------------------
     def _neighborhood(
         self, al: Tensor, u: Tensor, s: Tensor, z: Tensor, y: Tensor, du: Tensor, dz: Tensor,
-        dy: Tensor, lb: Tensor, ubm: Tensor, ncomp: Tensor,
+        dy: Tensor, lb: Tensor, ubm: Tensor, ncomp: Tensor, frac: Tensor,
     ) -> Tensor:
         """Backtrack the step (b,) over a fixed set of fractions so that every complementarity
         product stays above ``gamma_n`` times their new mean (wide neighborhood of the central
         path).  This prevents the two-cycles plain Mehrotra steps can fall into on degenerate
         problems.  Fixed number of candidates, no host sync."""
-        rh = self._fractions.to(device=al.device, dtype=al.dtype)
+        rh = frac
         A = (al.unsqueeze(-1) * rh).unsqueeze(-1)  # (b, k, 1)
         un = u.unsqueeze(1) + A * du.unsqueeze(1)
         zn = z.unsqueeze(1) + A * dz.unsqueeze(1)
@@ -306,51 +333,139 @@ class IPMQPSolver:
 
     # ------------------------------------------------------------------------------------
     def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor) -> Tensor:
-        """Active-set polish; returns the polished ``u`` where accepted, else ``u`` projected."""
-        P, c, ub, fixed = can.P, can.c, can.ub, can.fixed
+        """Active-set polish of the IPM result, in scaled units; (B, m) -> (B, m).
+
+        A few rounds of a primal active-set method started at the (projected) IPM point with the
+        active set the IPM identifies (``z > u`` at the lower bound, ``y > ub - u`` at the upper
+        bound).  Each round solves the reduced KKT system of the current face (free block plus
+        the equality; see :meth:`_reduced_solve`) and moves from the current feasible point
+        towards its solution as far as the box allows (ratio test).  A blocking variable becomes
+        active; when the face solution is reached, bounds whose multiplier has the wrong sign are
+        freed.  Moving towards the face minimizer never increases the convex objective; a
+        candidate is nevertheless kept only if it is feasible and not worse than the current one.
+        Problems stop once they reach an exact KKT point.  Later rounds only work on the problems
+        still improving (gathered).
+        """
+        c, ub, fixed = can.c, can.ub, can.fixed
         B, m = c.shape
-        dt = c.dtype
-        a = can.eq.to(dt)
+        mask = can.eq if bool(can.has_eq.any()) else None
+        rho = can.rho if mask is not None else None
+        lo0 = torch.zeros_like(u)
+        best = _project(u, lo0, ub, mask, rho)
+        f_best = can.objective(best)
         lb = ~fixed
         ubm = torch.isfinite(ub) & lb
-        zero = torch.zeros_like(u)
-        s = torch.where(ubm, ub - u, torch.ones_like(u))
         at_lo = lb & (z > u)
-        at_hi = ubm & (y > s) & ~at_lo
-        free = lb & ~at_lo & ~at_hi
-        uA = torch.where(at_hi, torch.where(ubm, ub, zero), zero)
-        x = torch.where(free, u, uA)
+        at_hi = ubm & (y > torch.where(ubm, ub - u, torch.ones_like(u))) & ~at_lo
+        x_cur = best.clone()
+        lam = -nu
+        idx = torch.arange(B, device=u.device)
+        ftol, tol_sign, tol_stat = 1e-9, 1e-10, 1e-9
+        inf = float("inf")
+        for _ in range(max(1, self.polish_rounds)):
+            if idx.numel() == 0:
+                break
+            sub = _Sub(can, idx)
+            xc, alo, ahi = x_cur[idx], at_lo[idx], at_hi[idx]
+            xh, lam_s, ok = self._reduced_solve(sub, alo, ahi, xc, lam[idx])
+            ok = ok & torch.isfinite(xh).all(-1) & torch.isfinite(lam_s)
+            ok &= ~sub.has_eq | ((sub.a * xh).sum(-1) - sub.rho).abs().le(ftol)
+            xh = torch.where(ok.unsqueeze(-1), xh, xc)
+            d = xh - xc
+            # ratio test: largest t in [0, 1] with 0 <= xc + t d <= ub
+            t_lo = torch.where(sub.lb & (d < 0), xc / torch.where(d < 0, -d, torch.ones_like(d)),
+                               torch.full_like(d, inf))
+            t_hi = torch.where(sub.ubm & (d > 0),
+                               (torch.where(sub.ubm, sub.ub, xc) - xc)
+                               / torch.where(d > 0, d, torch.ones_like(d)),
+                               torch.full_like(d, inf))
+            t = torch.minimum(t_lo.amin(-1), t_hi.amin(-1)).clamp(max=1.0).clamp(min=0.0)
+            full = ok & (t >= 1.0)
+            tt = t.unsqueeze(-1)
+            xn = xc + tt * d
+            partial = (ok & ~full).unsqueeze(-1)
+            block_lo = partial & (t_lo <= tt)
+            block_hi = partial & (t_hi <= tt) & ~block_lo
+            xn = torch.where(block_lo, torch.zeros_like(xn), xn)
+            xn = torch.where(block_hi, sub.ub, xn)
+            xn = torch.minimum(torch.maximum(xn, torch.zeros_like(xn)), sub.ub)
+            xp = _project(xn, torch.zeros_like(xn), sub.ub, sub.eq if mask is not None else None,
+                          sub.rho if mask is not None else None)
+            f_x = sub.objective(xp)
+            fb = f_best[idx]
+            accept = ok & (f_x <= fb + 1e-14 * torch.clamp(fb.abs(), min=1.0))
+            best[idx] = torch.where(accept.unsqueeze(-1), xp, best[idx])
+            f_best[idx] = torch.where(accept, f_x, fb)
+            # multipliers at the face solution: g = P x + c + a lam (z = g >= 0 at the lower
+            # bound, y = -g >= 0 at the upper bound, g = 0 on the free variables)
+            g = _bmv(sub.P, xh) + sub.c + sub.a * lam_s.unsqueeze(-1)
+            free = sub.lb & ~alo & ~ahi
+            wrong_lo = alo & (g < -tol_sign)
+            wrong_hi = ahi & (g > tol_sign)
+            stationary = (torch.where(free, g, torch.zeros_like(g)).abs() <= tol_stat).all(-1)
+            exact = full & accept & stationary & ~(wrong_lo | wrong_hi).any(-1)
+            fu = full.unsqueeze(-1)
+            new_lo = torch.where(fu, alo & ~wrong_lo, alo | block_lo)
+            new_hi = torch.where(fu, ahi & ~wrong_hi, ahi | block_hi) & ~new_lo
+            at_lo[idx] = new_lo
+            at_hi[idx] = new_hi
+            x_cur[idx] = torch.where(accept.unsqueeze(-1), xp, xc)
+            lam[idx] = lam_s
+            idx = idx[~exact & accept]
+        return best
+
+    def _reduced_solve(
+        self, sub: _Sub, at_lo: Tensor, at_hi: Tensor, x0: Tensor, lam0: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Solve ``min 0.5 x'Px + c'x`` with the active variables fixed at their bounds and the
+        equality kept, by ``polish_steps`` regularized refinement steps on the quasi-definite
+        system ``[[P_FF + d I, a_F], [a_F', -d]]`` (exact residuals, so singular ``P_FF`` is
+        fine: the steps converge to the solution nearest the start).  Returns ``(x, lam, ok)``
+        with the multiplier convention ``P x + c + a lam = 0`` on the free variables."""
+        P, c, a = sub.P, sub.c, sub.a
+        dt = c.dtype
+        zero = torch.zeros_like(x0)
+        free = sub.lb & ~at_lo & ~at_hi
+        uA = torch.where(at_hi, torch.where(sub.ubm, sub.ub, zero), zero)
+        x = torch.where(free, x0, uA)
         aF = a * free.to(dt)
         outer = free.unsqueeze(-1) & free.unsqueeze(-2)
         Kp = torch.where(outer, P, torch.zeros_like(P))
-        Kp = Kp + torch.diag_embed(torch.where(free, torch.full_like(u, self.polish_reg), torch.ones_like(u)))
+        Kp = Kp + torch.diag_embed(
+            torch.where(free, torch.full_like(x0, self.polish_reg), torch.ones_like(x0))
+        )
         L, info = torch.linalg.cholesky_ex(Kp)
         ok = info == 0
-        KaF = torch.cholesky_solve(aF.unsqueeze(-1), L).squeeze(-1)
+        KaF = _chol_solve(L, aF)
         aKa = (aF * KaF).sum(-1)
-        eqF = can.has_eq & ((aF * aF).sum(-1) > 0)
+        eqF = sub.has_eq & ((aF * aF).sum(-1) > 0)
         den = torch.where(eqF, aKa + self.polish_reg, torch.ones_like(aKa))
-        lam = -nu.clone()
+        lam = lam0.clone()
         for _ in range(self.polish_steps):
             r1 = torch.where(free, -(_bmv(P, x) + c + a * lam.unsqueeze(-1)), zero)
-            r2 = torch.where(eqF, can.rho - (a * x).sum(-1), torch.zeros_like(lam))
-            v = torch.cholesky_solve(r1.unsqueeze(-1), L).squeeze(-1)
+            r2 = torch.where(eqF, sub.rho - (a * x).sum(-1), torch.zeros_like(lam))
+            v = _chol_solve(L, r1)
             dlam = torch.where(eqF, ((aF * v).sum(-1) - r2) / den, torch.zeros_like(lam))
             dx = v - dlam.unsqueeze(-1) * KaF
             x = x + torch.where(free, dx, zero)
             lam = lam + dlam
-        ftol = 1e-9
-        feas = ok & torch.isfinite(x).all(-1)
-        feas &= (~lb | (x >= -ftol)).all(-1) & (~ubm | (x <= ub + ftol)).all(-1)
-        feas &= ~can.has_eq | ((a * x).sum(-1) - can.rho).abs().le(ftol)
-        mask = can.eq if bool(can.has_eq.any()) else None
-        rho = can.rho if mask is not None else None
-        lo0 = torch.zeros_like(u)
-        x = torch.where(torch.isfinite(x), x, zero)
-        xp = _project(x, lo0, ub, mask, rho)
-        up = _project(u, lo0, ub, mask, rho)
-        f_pol = can.objective(xp)
-        f_ipm = can.objective(up)
-        better = f_pol <= f_ipm + 1e-14 * torch.clamp(f_ipm.abs(), min=1.0)
-        accept = feas & better
-        return torch.where(accept.unsqueeze(-1), xp, up)
+        return x, lam, ok
+
+
+class _Sub:
+    """Rows ``idx`` of a :class:`Canonical` problem (for the polish rounds)."""
+
+    def __init__(self, can: Canonical, idx: Tensor) -> None:
+        self.P = can.P[idx]
+        self.c = can.c[idx]
+        self.ub = can.ub[idx]
+        self.eq = can.eq[idx]
+        self.a = self.eq.to(self.c.dtype)
+        self.has_eq = can.has_eq[idx]
+        self.rho = can.rho[idx]
+        self.lb = ~can.fixed[idx]
+        self.ubm = torch.isfinite(self.ub) & self.lb
+
+    def objective(self, x: Tensor) -> Tensor:
+        Px = _bmv(self.P, x)
+        return 0.5 * (x * Px).sum(-1) + (self.c * x).sum(-1)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import BoxQP, QPResult, active_mask, canonicalize, finalize, validate_qp
+from .base import BoxQP, QPResult, active_mask, canonicalize, finalize, trivial_result, validate_qp
 
 __all__ = ["QpthQPSolver"]
 
@@ -69,6 +69,8 @@ class QpthQPSolver:
         """Solve with qpth; ``tol`` is passed as qpth's ``eps``."""
         validate_qp(qp)
         act = active_mask(qp, active)
+        if qp.m == 0:
+            return trivial_result(qp)
         with torch.no_grad():
             can = canonicalize(qp)
             B, m = can.c.shape
