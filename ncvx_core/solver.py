@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .errors import ProblemDefinitionError
+from .errors import NcvxError, ProblemDefinitionError
 from .hessian import BFGS, LBFGS, HessianApprox, regularize
 from .memory import plan_memory
 from .linesearch import LS_BRACKETED, LS_NO_BRACKET, LS_NONDESCENT, LS_OK, LineSearch, LineSearchProblem, Trial, WeakWolfe
@@ -131,6 +131,9 @@ def _pick(kind: str, spec: Any, registry: dict[str, Callable[[SolverOptions], An
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown {kind} {spec!r}{hint} (valid: {', '.join(sorted(registry))})")
         return registry[spec](opts)
+    if isinstance(spec, type):
+        raise TypeError(f"{kind} must be a name or an instance, got the class {spec.__name__}; "
+                        f"pass {spec.__name__}(...) instead")
     if not isinstance(spec, protocol):
         raise TypeError(f"{kind} must be a name or an object implementing the {protocol.__name__} protocol, "
                         f"got {type(spec).__name__}")
@@ -160,13 +163,14 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
     """Update the best / most-feasible records of problems ``rows`` with new evaluations."""
     new = _record_from(x, ev, viol, mu, torch.ones_like(viol.feasible))
     f = ev.f
+    ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
     if constrained:
         b_tv, b_f = mf.tv[rows], mf.f[rows]
-        better_mf = (viol.tv < b_tv) | ((viol.tv == b_tv) & (f < b_f))
-        better_b = viol.feasible & (~best.found[rows] | (f < best.f[rows]))
+        better_mf = ok & ((viol.tv < b_tv) | ((viol.tv == b_tv) & (f < b_f)))
+        better_b = ok & viol.feasible & (~best.found[rows] | (f < best.f[rows]))
     else:
-        better_b = f < best.f[rows]
-        better_mf = f < mf.f[rows]
+        better_b = ok & (f < best.f[rows])
+        better_mf = ok & (f < mf.f[rows])
 
     def put(rec: Record, better: Tensor) -> Record:
         old = tree_rows(rec, rows)
@@ -232,7 +236,7 @@ class _Solver:
         if x0.shape[0] == 0 or x0[0].numel() == 0:
             raise ValueError(f"x0 must hold at least one problem with at least one variable, got {tuple(x0.shape)}")
         dtype = x0.dtype if o.double_precision is None else (torch.float64 if o.double_precision else torch.float32)
-        device = x0.device if o.torch_device is None else torch.device(o.torch_device)
+        device = x0.device if o.torch_device is None else torch.empty(0, device=o.torch_device).device
         x0 = x0.detach().to(dtype=dtype, device=device)
         bad = ~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(dim=1)
         if bool(bad.any()):
@@ -245,7 +249,7 @@ class _Solver:
         self.x0 = x0.reshape(self.B, self.n)
         self.ev = Evaluator(problem, self.shape, self.B, dtype, device, user_gradients=not o.globalAD,
                             jacobian=o.jacobian)
-        self.qp = get_qp_solver(qp if qp is not None else o.QPsolver)
+        self.qp = _WithFallback(get_qp_solver(qp if qp is not None else o.QPsolver))
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)
         self.hess_spec = hess
@@ -560,7 +564,7 @@ class _Solver:
                     evals_total += res_j.evals.long()
                     res = _merge_ls(again, res_j, res)
         except Exception as exc:  # the user's function raised inside the line search
-            if o.debug_mode:
+            if o.debug_mode or isinstance(exc, NcvxError):
                 raise
             logger.error("problem function raised during the line search (status 11): %r", exc)
             user_error = search.clone()
@@ -689,6 +693,31 @@ class _Solver:
         if self.printer is not None:
             self.printer.footer(res)
         return res
+
+
+class _WithFallback:
+    """Sends the QPs a chosen solver does not support (``supports() is False``, e.g. the
+    stationarity QP's equality for ``"enum"``) to the interior-point solver."""
+
+    def __init__(self, solver: QPSolver) -> None:
+        self.solver = solver
+        self.name = solver.name
+        self._ipm: QPSolver | None = None
+        self._warned = False
+
+    def supports(self, qp: Any) -> bool:
+        return True
+
+    def solve(self, qp: Any, **kw: Any) -> Any:
+        if self.solver.supports(qp):
+            return self.solver.solve(qp, **kw)
+        if self._ipm is None:
+            self._ipm = get_qp_solver("ipm")
+        if not self._warned:
+            logger.info("QP solver %r does not support a QP of size %d%s; using 'ipm' for it", self.name, qp.m,
+                        " with an equality" if qp.eq_mask is not None else "")
+            self._warned = True
+        return self._ipm.solve(qp, **kw)
 
 
 class _Payload(NamedTuple):

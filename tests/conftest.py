@@ -1,4 +1,4 @@
-"""Shared test configuration: Hypothesis profiles and a float64 helper.
+"""Shared test configuration: Hypothesis profiles, torch threads and a float64 helper.
 
 Profiles: ``dev`` (default, fast) and ``ci`` (more examples, derandomised). Select with the
 environment variable ``HYPOTHESIS_PROFILE`` (e.g. ``HYPOTHESIS_PROFILE=ci pytest``).
@@ -16,6 +16,7 @@ settings.register_profile(
     "dev",
     max_examples=25,
     deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
@@ -26,6 +27,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# The suite is dominated by many small tensor operations; on a small shared CPU, intra-op threads
+# only add synchronisation cost. NCVX_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("NCVX_TEST_THREADS", "1")))
 
 
 @pytest.fixture
