@@ -52,7 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_out: str) -> Non
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                         help="dtype of the solver state and the models (default float64)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
+                        help="torch intra-op threads (default 1 on CPU: on small shared machines multi-threaded "
+                             "OpenMP on tiny tensors is erratic; torch's own choice on CUDA; 0 = torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None,
                         help=f"results file (.md) or directory (default benchmarks/results/{default_out}_<device>.md; "
@@ -70,10 +71,12 @@ def resolve_device(spec: str) -> torch.device:
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     """Apply --threads and --seed; returns (device, dtype)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    return resolve_device(args.device), getattr(torch, args.dtype)
+    return device, getattr(torch, args.dtype)
 
 
 def out_path(args: argparse.Namespace, name: str, device: torch.device) -> Path:
@@ -214,6 +217,23 @@ def write_results(path: Path, title: str, device: torch.device, body: Sequence[s
 
 def log(*a: Any) -> None:
     print(*a, flush=True)
+
+
+class quiet_stdout:
+    """Silence file descriptor 1 (C libraries such as OSQP print there directly)."""
+
+    def __enter__(self) -> quiet_stdout:
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        os.close(self._null)
 
 
 # ----------------------------------------------------------------------------------------------

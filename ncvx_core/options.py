@@ -167,7 +167,15 @@ class SolverOptions:
             bad("steering_c_mu", "in (0, 1)")
         if num("regularize_threshold") < 1:
             bad("regularize_threshold", ">= 1 (inf disables)")
-        if not isinstance(self.QPsolver, str) and not hasattr(self.QPsolver, "solve"):
+        if isinstance(self.QPsolver, str):
+            from .qp.registry import QP_SOLVERS
+
+            if self.QPsolver not in QP_SOLVERS:
+                close = difflib.get_close_matches(self.QPsolver, list(QP_SOLVERS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise OptionError(f"option 'QPsolver' must be one of {sorted(QP_SOLVERS)}, got "
+                                  f"{self.QPsolver!r}{hint}")
+        elif not hasattr(self.QPsolver, "solve"):
             bad("QPsolver", "a registered QP solver name or a QPSolver instance")
         if not 0 <= num("wolfe1") <= 0.5:
             bad("wolfe1", "in [0, 0.5]")

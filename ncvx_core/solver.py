@@ -684,9 +684,10 @@ class _Solver:
         final = Record(st.x, st.ev.f, st.ev.ci, st.ev.ce, st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible,
                        st.mu, torch.ones_like(st.viol.feasible))
         names = ["requests", "updates", "damped", "sty_fails", "infnan_fails", "scaling_skips"]
+        final_it = it(final)
         res = SolveResult(
-            final=it(final), best=it(st.best, st.mf), most_feasible=it(st.mf), status=st.status.long(),
-            iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=st.viol.tv,
+            final=final_it, best=it(st.best, st.mf), most_feasible=it(st.mf), status=st.status.long(),
+            iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=final_it.violation,
             mu_lowest=st.mu_lowest, bfgs={nm: st.counters[:, j] for j, nm in enumerate(names)}, H_final=st.H,
             elapsed=time.monotonic() - self.t_start, options=self.o, memory_plan=self.plan,
         )

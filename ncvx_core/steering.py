@@ -106,6 +106,7 @@ def steer(
     accept0 = pred[:, 0] >= c_viol * v - tol
     if q == 0 and ineq_margin < math.inf:
         accept0 = accept0 | (ci64 < -ineq_margin).all(dim=1)
+    accept_direct = accept0.clone()  # decided without the mu = 0 reference QP
     rho_ref = pred[:, 1]
     target = c_viol * rho_ref - tol
     accept0 = accept0 | (pred[:, 0] >= target) | bad
@@ -119,6 +120,7 @@ def steer(
     mu_c = cands.gather(1, choice.view(k, 1)).squeeze(1).to(dt)
     d = -(mu_c.unsqueeze(1) * u + torch.bmm(W, y_c.unsqueeze(2)).squeeze(2))
     used = torch.arange(J, device=g.device).unsqueeze(0) <= choice.clamp(min=1).unsqueeze(1)
+    used[:, 1] = used[:, 1] & ~accept_direct
     qp_failed = (failed & used).any(dim=1)
     mu_new = torch.where(accept0, mu, mu_c)
     return SteeringResult(d, mu_new, qp_failed)

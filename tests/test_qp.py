@@ -339,11 +339,15 @@ def test_active_mask(solver_name: str) -> None:
 
 
 @SETTINGS
-@given(mixed_batch(max_m=6, max_b=4), st.integers(0, 2**32 - 1), st.sampled_from([1e-3, 1.0, 1e3]))
-def test_project_feasible_matches_exact(probs: list[NpQP], seed: int, mag: float) -> None:
+@given(mixed_batch(max_m=6, max_b=4), st.integers(0, 2**32 - 1), st.sampled_from([1e-3, 1.0, 1e3]),
+       st.booleans())
+def test_project_feasible_matches_exact(probs: list[NpQP], seed: int, mag: float, ties: bool) -> None:
     qp = to_boxqp(probs)
     rng = np.random.default_rng(seed)
-    w = torch.tensor(rng.standard_normal((qp.B, qp.m)) * mag, dtype=F64)
+    wn = rng.standard_normal((qp.B, qp.m)) * mag
+    if ties:  # many equal entries and breakpoints
+        wn = np.round(wn / mag * 2) * mag / 2
+    w = torch.tensor(wn, dtype=F64)
     got = project_feasible(qp, w).numpy()
     for i, p in enumerate(probs):
         ref = np_project(w[i].numpy(), p)

@@ -58,8 +58,7 @@ INACCURATE_KKT = 1e-6
 #: says about its own convergence.
 SOLVED_KKT = 1e-9
 
-_PROJ_BISECT_ITERS = 64
-_PROJ_REFINE_STEPS = 3
+_PROJ_REFINE_STEPS = 2
 
 
 class QPStatus(IntEnum):
@@ -227,53 +226,65 @@ def _project(
 ) -> Tensor:
     """Euclidean projection of ``w`` (B, m) onto ``{lo <= x <= hi, sum(x[mask]) = r}``.
 
-    Bounds must be sanitized (finite lo, hi >= lo).  The equality multiplier ``tau`` of
-    ``x = clip(w - tau, lo, hi)`` on the masked block is found by a fixed number of bisection
-    steps (no host sync) followed by a few exact steps that solve ``g(tau) = r`` on the
-    identified piece of the piecewise-linear, nonincreasing ``g``.
+    Bounds must be sanitized (finite lo, hi >= lo).  On the masked block the projection is
+    ``x = clip(w - tau, lo, hi)`` where the multiplier ``tau`` solves ``g(tau) = r`` for the
+    piecewise-linear, nonincreasing ``g(tau) = sum clip(w - tau, lo, hi)``.  The root is
+    bracketed exactly by evaluating ``g`` at all breakpoints at once (one sort, cumulative sums:
+    a vectorized bisection over the sorted breakpoints), then solved on the identified linear
+    piece and refined with the identified active sets.  Fixed number of tensor ops, no host
+    sync, O(m log m) per problem.
     """
-    w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
+    w = torch.where(torch.isfinite(w), w, 0.0)
     x = torch.minimum(torch.maximum(w, lo), hi)
-    if mask is None or r is None:
+    if mask is None or r is None or w.shape[-1] == 0:
         return x
+    B, m = w.shape
     has_eq = mask.any(-1)
-    maskf = mask.to(w.dtype)
-    zero = torch.zeros_like(w)
-    r_s = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
-    lo_m = torch.where(mask, lo, zero)
+    r_s = torch.where(torch.isfinite(r), r, 0.0)
+    lo_m = torch.where(mask, lo, 0.0)
     slack = (r_s - lo_m.sum(-1)).clamp_min(0.0)  # (B,)
-    width = hi - lo  # may be inf
-    cap = torch.minimum(width, slack.unsqueeze(-1))
-    big = torch.full_like(w, float("inf"))
-    # g(t_hi) = sum(lo) <= r,  g(t_lo) >= r (if feasible)
-    t_hi = torch.where(mask, w - lo, -big).amax(-1)
-    t_lo = torch.where(mask, w - lo - cap, big).amin(-1)
-    t_hi = torch.where(has_eq, t_hi, torch.zeros_like(t_hi))
-    t_lo = torch.where(has_eq, t_lo, torch.zeros_like(t_lo))
-    a, b = t_lo, t_hi
-
-    def g(tau: Tensor) -> Tensor:
-        y = torch.minimum(torch.maximum(w - tau.unsqueeze(-1), lo), hi)
-        return (y * maskf).sum(-1)
-
-    for _ in range(_PROJ_BISECT_ITERS):
-        mid = 0.5 * (a + b)
-        above = g(mid) > r_s
-        a = torch.where(above, mid, a)
-        b = torch.where(above, b, mid)
-    tau = 0.5 * (a + b)
+    inf = float("inf")
+    cap = torch.minimum(hi - lo, slack.unsqueeze(-1))
+    # every root is >= t0 (there each masked term is >= lo + cap); cap +inf upper bounds there
+    t0 = torch.where(mask, w - lo - cap, inf).amin(-1)
+    t0 = torch.where(has_eq, t0, 0.0)
+    hi_e = torch.minimum(hi, w - t0.unsqueeze(-1) + 1.0)  # finite, equal to hi where it matters
+    e1 = torch.where(mask, w - hi_e, inf)  # var enters the free set (leaves hi)
+    e2 = torch.where(mask, w - lo, inf)  # var leaves the free set (reaches lo)
+    tot_hi = torch.where(mask, hi_e, 0.0).sum(-1)
+    E = torch.cat([e1, e2], -1)  # (B, 2m)
+    a_ev = torch.cat([torch.where(mask, w - hi_e, 0.0), torch.where(mask, lo - w, 0.0)], -1)
+    c_ev = torch.cat([mask.to(w.dtype), -mask.to(w.dtype)], -1)
+    Es, order = torch.sort(E, dim=-1)
+    A = torch.gather(a_ev, -1, order).cumsum(-1)
+    C = torch.gather(c_ev, -1, order).cumsum(-1)
+    fin = torch.isfinite(Es)
+    Ef = torch.where(fin, Es, 0.0)
+    g = tot_hi.unsqueeze(-1) + A - Ef * C  # g at each breakpoint (after its own event)
+    le = (g <= r_s.unsqueeze(-1)) & fin
+    n_ev = fin.sum(-1)
+    j = torch.where(le.any(-1), le.to(torch.int8).argmax(-1), (n_ev - 1).clamp_min(0))
+    jp = (j - 1).clamp_min(0)
+    take = lambda t, k: torch.gather(t, -1, k.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    Ej, Ep = take(Ef, j), take(Ef, jp)
+    Ap, Cp = take(A, jp), take(C, jp)
+    first = j == 0
+    Ap = torch.where(first, 0.0, Ap)
+    Cp = torch.where(first, 0.0, Cp)
+    Ep = torch.where(first, -inf, Ep)
+    tau = torch.where(Cp > 0.5, (tot_hi + Ap - r_s) / Cp.clamp_min(1.0), Ej)
+    tau = torch.minimum(torch.maximum(tau, Ep), Ej)
     for _ in range(_PROJ_REFINE_STEPS):
         v = w - tau.unsqueeze(-1)
         at_lo = mask & (v <= lo)
         at_hi = mask & (v >= hi) & ~at_lo
         free = mask & ~at_lo & ~at_hi
         nfree = free.sum(-1)
-        fixed_sum = torch.where(at_lo, lo, zero).sum(-1) + torch.where(at_hi, hi, zero).sum(-1)
-        free_w = torch.where(free, w, zero).sum(-1)
+        fixed_sum = torch.where(at_lo, lo, 0.0).sum(-1) + torch.where(at_hi, hi, 0.0).sum(-1)
+        free_w = torch.where(free, w, 0.0).sum(-1)
         tau_new = (free_w - (r_s - fixed_sum)) / nfree.clamp_min(1).to(w.dtype)
-        # stay inside the bisection bracket (guards against a wrongly identified piece)
         ok = (nfree > 0) & torch.isfinite(tau_new)
-        tau_new = torch.minimum(torch.maximum(tau_new, a), b)
+        tau_new = torch.minimum(torch.maximum(tau_new, Ep), Ej)
         tau = torch.where(ok, tau_new, tau)
     y = torch.minimum(torch.maximum(w - tau.unsqueeze(-1), lo), hi)
     x_eq = torch.where(mask, y, x)
@@ -283,8 +294,10 @@ def _project(
 def project_feasible(qp: BoxQP, w: Tensor) -> Tensor:
     """Euclidean projection of ``w`` (B, m) onto ``box ∩ {sum(w[eq_mask]) = r}``.
 
-    Solver independent: clip for the box, bisection on the multiplier of the equality (then an
-    exact step on the identified piece).  Non-finite entries of ``w`` are replaced by 0 first,
+    Solver independent: clip for the box; for the equality, the multiplier is bracketed between
+    consecutive breakpoints by evaluating the piecewise-linear constraint function at all of
+    them (a vectorized bisection over the sorted breakpoints), then solved exactly on that
+    piece.  Non-finite entries of ``w`` are replaced by 0 first,
     so the result is always finite.  For infeasible problems (e.g. ``r`` larger than the sum of
     the masked upper bounds) the result is the closest point found, which violates the equality.
     """

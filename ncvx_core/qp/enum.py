@@ -24,6 +24,7 @@ from torch import Tensor
 from .base import (
     INACCURATE_KKT,
     BoxQP,
+    Canonical,
     QPResult,
     active_mask,
     canonicalize,
@@ -83,14 +84,14 @@ class EnumQPSolver:
         if qp.m == 0:
             return trivial_result(qp)
         with torch.no_grad():
+            can = canonicalize(qp)
             try:
-                u, consistent = _enum_solve(qp)
+                u, consistent = _enum_solve(can)
             except RuntimeError as exc:  # eigh failure on pathological data
                 logger.warning("enum: linear algebra failed (%s); falling back to the IPM", exc)
                 from .ipm import IPMQPSolver
 
                 return IPMQPSolver().solve(qp, tol=tol, active=active)
-            can = canonicalize(qp)
             w = can.to_w(u)
             iters = torch.ones(qp.B, dtype=torch.int32, device=qp.device)
             return finalize(
@@ -98,15 +99,16 @@ class EnumQPSolver:
             )
 
 
-def _enum_solve(qp: BoxQP) -> tuple[Tensor, Tensor]:
-    """Returns the scaled solution ``u`` (B, m) and whether a consistent face was chosen (B,)."""
-    can = canonicalize(qp)
+def _enum_solve(can: Canonical) -> tuple[Tensor, Tensor]:
+    """Enumerate the faces of the canonical (scaled, box-only) problem.
+
+    Returns the scaled solution ``u`` (B, m) and whether a consistent face was chosen (B,).
+    """
     P, c, ub = can.P, can.c, can.ub
     B, m = c.shape
     if m == 0:
         return c.clone(), torch.ones(B, dtype=torch.bool, device=c.device)
-    codes = _faces(m, c.device)  # (F, m)
-    F = codes.shape[0]
+    codes = _faces(m, c.device)  # (F, m) with F = 3^m
     at_hi = codes == 1
     free = codes == 2  # (F, m)
     ub_inf = ~torch.isfinite(ub)  # (B, m)
@@ -142,5 +144,4 @@ def _enum_solve(qp: BoxQP) -> tuple[Tensor, Tensor]:
     use_cons = best_cons <= best_feas + _TIE_TOL * torch.clamp(best_feas.abs(), min=1.0)
     idx = torch.where(use_cons, i_cons, i_feas)  # (B,)
     u_best = torch.gather(u, 1, idx.view(B, 1, 1).expand(B, 1, m)).squeeze(1)
-    del F
     return u_best, use_cons

@@ -23,6 +23,7 @@ kept where it is feasible and not worse.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -59,24 +60,39 @@ def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
 def _max_step(x: Tensor, dx: Tensor, mask: Tensor) -> Tensor:
     """Largest alpha with x + alpha dx >= 0 on ``mask``; (b, m) -> (b,) (inf if unbounded)."""
     neg = mask & (dx < 0)
-    ratio = torch.where(neg, -x / torch.where(neg, dx, -torch.ones_like(dx)), torch.full_like(x, float("inf")))
+    ratio = torch.where(neg, -x / torch.where(neg, dx, -1.0), float("inf"))
     return ratio.amin(-1) if x.shape[-1] > 0 else torch.full_like(x[..., 0], float("inf"))
 
 
+@dataclass
 class _Work:
-    """Per-problem working data of the IPM (rows = problems of the current working set)."""
+    """Per-problem working data of the IPM; rows = problems of the current working set (b).
 
-    __slots__ = (
-        "idx", "P", "c", "ub", "a", "rho", "has_eq", "lb", "ubm", "ncomp",
-        "u", "z", "y", "nu", "iters", "conv", "extra",
-    )
+    ``idx`` (b,) global problem indices; ``P`` (b, m, m); ``c, ub, a`` (b, m); ``rho`` (b,);
+    ``has_eq`` (b,); ``lb, ubm`` (b, m) bound masks; ``ncomp`` (b,) number of bounds; iterate
+    ``u, z, y`` (b, m), ``nu`` (b,); ``iters`` (b,); ``conv`` (b,); ``extra`` (b,) diagonal shift.
+    """
 
-    def __init__(self, **kw: Tensor) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    idx: Tensor
+    P: Tensor
+    c: Tensor
+    ub: Tensor
+    a: Tensor
+    rho: Tensor
+    has_eq: Tensor
+    lb: Tensor
+    ubm: Tensor
+    ncomp: Tensor
+    u: Tensor
+    z: Tensor
+    y: Tensor
+    nu: Tensor
+    iters: Tensor
+    conv: Tensor
+    extra: Tensor
 
     def gather(self, keep: Tensor) -> _Work:
-        return _Work(**{k: getattr(self, k)[keep] for k in self.__slots__})
+        return _Work(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
 
 class IPMQPSolver:
@@ -144,9 +160,9 @@ class IPMQPSolver:
         fin = torch.isfinite(ub)
         u = torch.where(fin, 0.5 * ub, one)
         u = torch.where(eq, torch.minimum(1.0 / k, torch.where(fin, 0.5 * ub, one)), u)
-        u = torch.where(fixed, torch.zeros_like(u), u)
-        z = torch.where(fixed, torch.zeros_like(u), one)
-        y = torch.where(fin & ~fixed, one, torch.zeros_like(u))
+        u = torch.where(fixed, 0.0, u)
+        z = torch.where(fixed, 0.0, one)
+        y = torch.where(fin & ~fixed, one, 0.0)
         return u, z, y
 
     def _iterate(
@@ -185,14 +201,13 @@ class IPMQPSolver:
         while True:
             P, c, a, lb, ubm = W.P, W.c, W.a, W.lb, W.ubm
             u, z, y, nu = W.u, W.z, W.y, W.nu
-            one = torch.ones_like(u)
-            s = torch.where(ubm, W.ub - u, one)
-            uu = torch.where(lb, u, one)
+            s = torch.where(ubm, W.ub - u, 1.0)
+            uu = torch.where(lb, u, 1.0)
             Pu = _bmv(P, u)
             rd = Pu + c - z + y - a * nu.unsqueeze(-1)
             rp = (a * u).sum(-1) - W.rho
-            zu = z * torch.where(lb, u, torch.zeros_like(u))
-            ys = y * torch.where(ubm, s, torch.zeros_like(s))
+            zu = torch.where(lb, z * u, 0.0)
+            ys = torch.where(ubm, y * s, 0.0)
             mu = (zu.sum(-1) + ys.sum(-1)) / W.ncomp
             dscale = 1.0 + torch.stack(
                 [Pu.abs().amax(-1), c.abs().amax(-1), z.abs().amax(-1), y.abs().amax(-1),
@@ -236,39 +251,38 @@ class IPMQPSolver:
         u, z, y, nu = W.u, W.z, W.y, W.nu
         eta = self.eta
         # ---- Newton system
-        D = torch.where(lb, z / uu, torch.zeros_like(u)) + torch.where(ubm, y / s, torch.zeros_like(u))
+        D = torch.where(lb, z / uu, 0.0) + torch.where(ubm, y / s, 0.0)
         K = P.clone()
         K.diagonal(dim1=-2, dim2=-1).add_(D + self.shift + W.extra.unsqueeze(-1))
         L, info = torch.linalg.cholesky_ex(K)
         ok = info == 0
 
+        Ka: Tensor | None = None
+        aKa_safe: Tensor | None = None
         if any_eq:
             Ka = _chol_solve(L, a)
             aKa = (a * Ka).sum(-1)
-            aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, torch.ones_like(aKa))
-        else:
-            Ka = aKa_safe = None
+            aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, 1.0)
 
         def direction(r_zl: Tensor, r_yu: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            rhs = -rd + torch.where(lb, r_zl / uu, torch.zeros_like(u)) - torch.where(
-                ubm, r_yu / s, torch.zeros_like(u)
-            )
+            rhs = torch.where(lb, r_zl / uu, 0.0) - torch.where(ubm, r_yu / s, 0.0) - rd
             v = _chol_solve(L, rhs)
             if Ka is not None and aKa_safe is not None:
                 dnu = (-rp - (a * v).sum(-1)) / aKa_safe
-                dnu = torch.where(W.has_eq, dnu, torch.zeros_like(dnu))
+                dnu = torch.where(W.has_eq, dnu, 0.0)
                 du = v + dnu.unsqueeze(-1) * Ka
             else:
                 dnu = torch.zeros_like(rp)
                 du = v
-            dz = torch.where(lb, (r_zl - z * du) / uu, torch.zeros_like(u))
-            dy = torch.where(ubm, (r_yu + y * du) / s, torch.zeros_like(u))
+            dz = torch.where(lb, (r_zl - z * du) / uu, 0.0)
+            dy = torch.where(ubm, (r_yu + y * du) / s, 0.0)
             return du, dz, dy, dnu
 
+        X = torch.cat([u, s, z, y], -1)
+        XM = torch.cat([lb, ubm, lb, ubm], -1)
+
         def step_len(du: Tensor, dz: Tensor, dy: Tensor) -> Tensor:
-            return torch.stack(
-                [_max_step(u, du, lb), _max_step(s, -du, ubm), _max_step(z, dz, lb),
-                 _max_step(y, dy, ubm)], -1).amin(-1)
+            return _max_step(X, torch.cat([du, -du, dz, dy], -1), XM)
 
         # predictor
         du_a, dz_a, dy_a, _ = direction(-zu, -ys)
@@ -276,26 +290,24 @@ class IPMQPSolver:
         ala = al_a.unsqueeze(-1)
         u_a = u + ala * du_a
         mu_a = (
-            (torch.where(lb, u_a, torch.zeros_like(u)) * (z + ala * dz_a)).sum(-1)
-            + (torch.where(ubm, s - ala * du_a, torch.zeros_like(u)) * (y + ala * dy_a)).sum(-1)
+            (torch.where(lb, u_a, 0.0) * (z + ala * dz_a)).sum(-1)
+            + (torch.where(ubm, s - ala * du_a, 0.0) * (y + ala * dy_a)).sum(-1)
         ) / W.ncomp
-        sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, torch.ones_like(mu))) ** 3, torch.zeros_like(mu))
+        sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, 1.0)) ** 3, 0.0)
         sig = sig.clamp(0.0, 1.0)
         smu = (sig * mu).unsqueeze(-1)
         # corrector
-        r_zl = torch.where(lb, smu - zu - du_a * dz_a, torch.zeros_like(u))
-        r_yu = torch.where(ubm, smu - ys + du_a * dy_a, torch.zeros_like(u))
+        r_zl = torch.where(lb, smu - zu - du_a * dz_a, 0.0)
+        r_yu = torch.where(ubm, smu - ys + du_a * dy_a, 0.0)
         du, dz, dy, dnu = direction(r_zl, r_yu)
         al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
-        al = torch.where(torch.isfinite(al), al, torch.ones_like(al))
+        al = torch.where(torch.isfinite(al), al, 1.0)
         al = self._neighborhood(al, u, s, z, y, du, dz, dy, lb, ubm, W.ncomp, frac)
-        finite_dir = (
-            torch.isfinite(du).all(-1) & torch.isfinite(dz).all(-1) & torch.isfinite(dy).all(-1)
-            & torch.isfinite(dnu)
-        )
+        # one reduction: NaN/inf anywhere in the direction makes the sum non-finite
+        finite_dir = torch.isfinite(du.sum(-1) + dz.sum(-1) + dy.sum(-1) + dnu)
         good = ok & finite_dir
         upd = running & good
-        alc = torch.where(upd, al, torch.zeros_like(al)).unsqueeze(-1)
+        alc = torch.where(upd, al, 0.0).unsqueeze(-1)
         W.u = torch.where(upd.unsqueeze(-1), u + alc * du, u)
         W.z = torch.where(upd.unsqueeze(-1), (z + alc * dz).clamp_min(0.0), z)
         W.y = torch.where(upd.unsqueeze(-1), (y + alc * dy).clamp_min(0.0), y)
@@ -323,8 +335,8 @@ class IPMQPSolver:
         pl = un * zn
         pu = sn * yn
         big = torch.full_like(pl, float("inf"))
-        mun = (torch.where(lbk, pl, torch.zeros_like(pl)).sum(-1)
-               + torch.where(ubk, pu, torch.zeros_like(pu)).sum(-1)) / ncomp.unsqueeze(-1)
+        mun = (torch.where(lbk, pl, 0.0).sum(-1)
+               + torch.where(ubk, pu, 0.0).sum(-1)) / ncomp.unsqueeze(-1)
         minp = torch.minimum(torch.where(lbk, pl, big).amin(-1), torch.where(ubk, pu, big).amin(-1))
         okk = minp >= self.gamma_n * mun  # (b, k); no bounds at all -> inf >= 0 -> True
         okk[:, -1] = True
@@ -356,7 +368,7 @@ class IPMQPSolver:
         lb = ~fixed
         ubm = torch.isfinite(ub) & lb
         at_lo = lb & (z > u)
-        at_hi = ubm & (y > torch.where(ubm, ub - u, torch.ones_like(u))) & ~at_lo
+        at_hi = ubm & (y > torch.where(ubm, ub - u, 1.0)) & ~at_lo
         x_cur = best.clone()
         lam = -nu
         idx = torch.arange(B, device=u.device)
@@ -373,12 +385,12 @@ class IPMQPSolver:
             xh = torch.where(ok.unsqueeze(-1), xh, xc)
             d = xh - xc
             # ratio test: largest t in [0, 1] with 0 <= xc + t d <= ub
-            t_lo = torch.where(sub.lb & (d < 0), xc / torch.where(d < 0, -d, torch.ones_like(d)),
-                               torch.full_like(d, inf))
+            t_lo = torch.where(sub.lb & (d < 0), xc / torch.where(d < 0, -d, 1.0),
+                               inf)
             t_hi = torch.where(sub.ubm & (d > 0),
                                (torch.where(sub.ubm, sub.ub, xc) - xc)
-                               / torch.where(d > 0, d, torch.ones_like(d)),
-                               torch.full_like(d, inf))
+                               / torch.where(d > 0, d, 1.0),
+                               inf)
             t = torch.minimum(t_lo.amin(-1), t_hi.amin(-1)).clamp(max=1.0).clamp(min=0.0)
             full = ok & (t >= 1.0)
             tt = t.unsqueeze(-1)
@@ -386,9 +398,9 @@ class IPMQPSolver:
             partial = (ok & ~full).unsqueeze(-1)
             block_lo = partial & (t_lo <= tt)
             block_hi = partial & (t_hi <= tt) & ~block_lo
-            xn = torch.where(block_lo, torch.zeros_like(xn), xn)
+            xn = torch.where(block_lo, 0.0, xn)
             xn = torch.where(block_hi, sub.ub, xn)
-            xn = torch.minimum(torch.maximum(xn, torch.zeros_like(xn)), sub.ub)
+            xn = torch.minimum(xn.clamp_min(0.0), sub.ub)
             xp = _project(xn, torch.zeros_like(xn), sub.ub, sub.eq if mask is not None else None,
                           sub.rho if mask is not None else None)
             f_x = sub.objective(xp)
@@ -402,7 +414,7 @@ class IPMQPSolver:
             free = sub.lb & ~alo & ~ahi
             wrong_lo = alo & (g < -tol_sign)
             wrong_hi = ahi & (g > tol_sign)
-            stationary = (torch.where(free, g, torch.zeros_like(g)).abs() <= tol_stat).all(-1)
+            stationary = (torch.where(free, g, 0.0).abs() <= tol_stat).all(-1)
             exact = full & accept & stationary & ~(wrong_lo | wrong_hi).any(-1)
             fu = full.unsqueeze(-1)
             new_lo = torch.where(fu, alo & ~wrong_lo, alo | block_lo)
@@ -430,7 +442,7 @@ class IPMQPSolver:
         x = torch.where(free, x0, uA)
         aF = a * free.to(dt)
         outer = free.unsqueeze(-1) & free.unsqueeze(-2)
-        Kp = torch.where(outer, P, torch.zeros_like(P))
+        Kp = torch.where(outer, P, 0.0)
         Kp = Kp + torch.diag_embed(
             torch.where(free, torch.full_like(x0, self.polish_reg), torch.ones_like(x0))
         )
@@ -439,13 +451,13 @@ class IPMQPSolver:
         KaF = _chol_solve(L, aF)
         aKa = (aF * KaF).sum(-1)
         eqF = sub.has_eq & ((aF * aF).sum(-1) > 0)
-        den = torch.where(eqF, aKa + self.polish_reg, torch.ones_like(aKa))
+        den = torch.where(eqF, aKa + self.polish_reg, 1.0)
         lam = lam0.clone()
         for _ in range(self.polish_steps):
             r1 = torch.where(free, -(_bmv(P, x) + c + a * lam.unsqueeze(-1)), zero)
-            r2 = torch.where(eqF, sub.rho - (a * x).sum(-1), torch.zeros_like(lam))
+            r2 = torch.where(eqF, sub.rho - (a * x).sum(-1), 0.0)
             v = _chol_solve(L, r1)
-            dlam = torch.where(eqF, ((aF * v).sum(-1) - r2) / den, torch.zeros_like(lam))
+            dlam = torch.where(eqF, ((aF * v).sum(-1) - r2) / den, 0.0)
             dx = v - dlam.unsqueeze(-1) * KaF
             x = x + torch.where(free, dx, zero)
             lam = lam + dlam
