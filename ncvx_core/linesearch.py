@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .utils import tree_rows, tree_scatter
+from .utils import tree_map, tree_rows
 
 __all__ = [
     "LS_OK",
@@ -87,6 +87,15 @@ class LineSearch(Protocol):
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult: ...
 
 
+def _put_rows(base: Any, idx: Tensor, rows: Any) -> None:
+    """In-place ``base[idx] = rows`` over a NamedTuple tree (base owns its tensors)."""
+    if isinstance(base, tuple) and hasattr(base, "_fields"):
+        for b, r in zip(base, rows):
+            _put_rows(b, idx, r)
+    elif isinstance(base, Tensor):
+        base[idx] = rows.to(base.dtype)
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=1)
 
@@ -130,7 +139,7 @@ class WeakWolfe:
         status = torch.full((k,), LS_OK, dtype=torch.int8, device=dev)
         searching = active.clone()
         done_ok = torch.zeros(k, dtype=torch.bool, device=dev)
-        best = start  # the returned point: lower bracket end, or the accepted trial
+        best = tree_map(torch.clone, start)  # the returned point: lower bracket end, or the accepted trial
         last_value_trial_t = torch.zeros(k, dtype=dt, device=dev)
         while True:
             # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
@@ -166,7 +175,7 @@ class WeakWolfe:
             else:
                 sel = rows[take]
                 if sel.numel():
-                    best = tree_scatter(best, sel, tree_rows(trial, take))
+                    _put_rows(best, sel, tree_rows(trial, take))
             alpha = alpha.index_copy(0, rows, torch.where(take, tr, alpha[rows]))
             beta = beta.index_copy(0, rows, torch.where(lower_beta, tr, beta[rows]))
             done_ok = done_ok.index_copy(0, rows, ok)
@@ -190,7 +199,7 @@ class WeakWolfe:
                 xr = x0[rows] + t_ret[rows].unsqueeze(1) * d[rows]
                 trial = prob.evaluate(xr, rows, True)
                 evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
-                best = tree_scatter(best, rows, trial)
+                _put_rows(best, rows, trial)
                 alpha = alpha.index_copy(0, rows, t_ret[rows])
             status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)

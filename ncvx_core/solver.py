@@ -173,14 +173,12 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
         better_mf = ok & (f < mf.f[rows])
 
     def put(rec: Record, better: Tensor) -> Record:
-        old = tree_rows(rec, rows)
-        merged = tree_where(better, new, old)
-        out = []
-        for full, part in zip(rec, merged):
-            full = full.clone()
-            full[rows] = part
-            out.append(full)
-        return Record(*out)
+        # in place: the record tensors belong to the solver state being stepped
+        sel = rows[better]
+        if sel.numel():
+            for full, part in zip(rec, new):
+                full[sel] = part[better]
+        return rec
 
     return put(best, better_b), put(mf, better_mf)
 
