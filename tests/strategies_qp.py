@@ -308,7 +308,7 @@ def oracle(p: NpQP, feas_tol: float = 1e-9) -> tuple[float, np.ndarray]:
 
 def _oracle_scaled(p: NpQP, feas_tol: float) -> tuple[float, np.ndarray]:
     m = p.m
-    states = []
+    states: list[tuple[int, ...]] = []
     for i in range(m):
         if p.hi[i] == p.lo[i]:
             states.append((0,))

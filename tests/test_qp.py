@@ -32,6 +32,7 @@ from strategies_qp import (
     to_boxqp,
     var_scale,
 )
+from torch import Tensor
 
 from ncvx_core.qp import (
     QP_SOLVERS,
@@ -43,6 +44,7 @@ from ncvx_core.qp import (
     QPSolver,
     QPStatus,
     get_qp_solver,
+    ipm_qp_layer,
     kkt_residual,
     project_feasible,
     qp_objective,
@@ -212,6 +214,34 @@ def test_zero_hessian_and_zero_problem() -> None:
         np.testing.assert_allclose(res.w[2].numpy()[:2], [1.0, 0.0], atol=1e-9)
 
 
+@settings(deadline=None, max_examples=max(1, N_EXAMPLES // 2))
+@given(mixed_batch(max_m=6, max_b=4), st.integers(1, 6))
+def test_status_is_honest_when_iterations_run_out(probs: list[NpQP], max_iter: int) -> None:
+    """With too few iterations the IPM must not claim SOLVED unless the answer is certified."""
+    qp = to_boxqp(probs)
+    res = IPMQPSolver(max_iter=max_iter, polish=False).solve(qp)
+    assert torch.isfinite(res.w).all()
+    assert (res.iters <= max_iter).all()
+    k_doc = kkt_residual(qp, res.w, scaled=True)  # the documented status measure
+    for i, p in enumerate(probs):
+        st_ = res.status[i].item()
+        if st_ == QPStatus.FAILED:
+            assert k_doc[i].item() > KKT_TOL, (i, k_doc[i].item())
+        else:
+            assert k_doc[i].item() <= KKT_TOL, (i, st_, k_doc[i].item())
+            # independent check (test's own scaling and projection)
+            assert np_kkt_scaled(p, res.w[i].numpy()) <= 10 * KKT_TOL, i
+
+
+def test_too_few_iterations_reports_failure() -> None:
+    rng = np.random.default_rng(9)
+    probs = [termination_np(rng, l=10, p=1, n=8, log_cond=6.0, r=1.0, pieces=3, noise=1e-3,
+                            redundant_hi=False) for _ in range(4)]
+    res = IPMQPSolver(max_iter=2, polish=False).solve(to_boxqp(probs))
+    assert (res.status != QPStatus.SOLVED).all()
+    assert (res.iters == 2).all()
+
+
 # --------------------------------------------------------------------------------------------
 # batch invariance, permutation, NaN isolation, active mask
 # --------------------------------------------------------------------------------------------
@@ -288,6 +318,7 @@ def test_nan_isolation_equality() -> None:
     probs = [termination_np(rng, l=3, p=1, n=4, log_cond=2.0, r=1.0, pieces=2, noise=1e-2,
                             redundant_hi=False) for _ in range(3)]
     qp = to_boxqp(probs)
+    assert qp.r is not None
     r = qp.r.clone()
     r[2] = float("nan")
     Q = qp.Q.clone()
@@ -439,7 +470,7 @@ def test_registry() -> None:
     with pytest.raises(TypeError):
         get_qp_solver(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        get_qp_solver(IPMQPSolver)  # type: ignore[arg-type]  (a class, not an instance)
+        get_qp_solver(IPMQPSolver)  # type: ignore[arg-type]  # a class, not an instance
 
 
 def test_enum_supports_and_refuses() -> None:
@@ -528,3 +559,63 @@ def test_qpth_missing_message(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ImportError, match="pip install qpth"):
         QpthQPSolver()
+
+
+# --------------------------------------------------------------------------------------------
+# optional differentiable layer
+# --------------------------------------------------------------------------------------------
+
+
+def _layer_problem(seed: int, B: int = 2, m: int = 5) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(B, m, m, dtype=F64, generator=g)
+    Q = (A @ A.mT + 0.5 * torch.eye(m, dtype=F64)).requires_grad_()
+    q = (3 * torch.randn(B, m, dtype=F64, generator=g)).requires_grad_()
+    lo = torch.zeros(B, m, dtype=F64).requires_grad_()
+    hi = torch.ones(B, m, dtype=F64).requires_grad_()
+    r = torch.full((B,), 1.3, dtype=F64).requires_grad_()
+    return Q, q, lo, hi, r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ipm_layer_gradcheck(seed: int) -> None:
+    """Finite differences vs implicit differentiation (well-conditioned, strictly
+    complementary instances; one problem with and one without the equality)."""
+    Q, q, lo, hi, r = _layer_problem(seed)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, :3] = True
+
+    def fn(Q: Tensor, q: Tensor, lo: Tensor, hi: Tensor, r: Tensor) -> Tensor:
+        return ipm_qp_layer(Q, q, lo, hi, mask, r)
+
+    assert torch.autograd.gradcheck(fn, (Q, q, lo, hi, r), eps=1e-6, atol=1e-6, rtol=1e-4)
+    w = fn(Q, q, lo, hi, r)
+    ref = IPMQPSolver().solve(BoxQP(Q.detach(), q.detach(), lo.detach(), hi.detach(), mask,
+                                    r.detach()))
+    assert torch.equal(w.detach(), ref.w)
+
+
+@pytest.mark.skipif(not HAVE_QPTH, reason="qpth not installed")
+def test_ipm_layer_matches_qpth_gradients() -> None:
+    from qpth.qp import QPFunction
+
+    B, m = 4, 6
+    Q, q, lo, hi, r = _layer_problem(7, B, m)
+    mask = torch.zeros(B, m, dtype=torch.bool)
+    mask[:, :3] = True
+    c = torch.randn(B, m, dtype=F64, generator=torch.Generator().manual_seed(1))
+    w = ipm_qp_layer(Q, q, lo, hi, mask, r)
+    (w * c).sum().backward()
+    ours = [t.grad.clone() for t in (Q, q, lo, hi, r)]  # type: ignore[union-attr]
+    for t in (Q, q, lo, hi, r):
+        t.grad = None
+    G = torch.cat([-torch.eye(m, dtype=F64), torch.eye(m, dtype=F64)]).expand(B, 2 * m, m)
+    h = torch.cat([-lo, hi], -1)
+    z = QPFunction(verbose=-1, check_Q_spd=False, eps=1e-14, maxIter=50)(
+        0.5 * (Q + Q.mT), q, G, h, mask.to(F64).unsqueeze(1), r.unsqueeze(1)
+    )
+    assert torch.allclose(z, w, atol=1e-8)
+    (z * c).sum().backward()
+    theirs = [t.grad.clone() for t in (Q, q, lo, hi, r)]  # type: ignore[union-attr]
+    for name, a, b in zip(["Q", "q", "lo", "hi", "r"], ours, theirs, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-5 * max(1.0, b.abs().max().item())), name

@@ -15,7 +15,7 @@ from .base import (
     validate_qp,
 )
 from .enum import EnumQPSolver
-from .ipm import IPMQPSolver
+from .ipm import IPMQPSolver, ipm_qp_layer
 from .qpth_backend import QpthQPSolver
 from .registry import QP_SOLVERS, AutoQPSolver, get_qp_solver
 
@@ -30,6 +30,7 @@ __all__ = [
     "validate_qp",
     "EnumQPSolver",
     "IPMQPSolver",
+    "ipm_qp_layer",
     "QpthQPSolver",
     "AutoQPSolver",
     "QP_SOLVERS",

@@ -354,17 +354,6 @@ class Canonical:
         """Original ``w`` (B, m) -> scaled ``u`` (B, m) (0 on fixed variables)."""
         return torch.where(self.fixed, torch.zeros_like(w), (w - self.lo) / self.scale)
 
-    def scaled_qp(self) -> BoxQP:
-        """The scaled problem as a :class:`BoxQP` (bounds ``[0, ub]``)."""
-        return BoxQP(
-            Q=self.P,
-            q=self.c,
-            lo=torch.zeros_like(self.c),
-            hi=self.ub,
-            eq_mask=self.eq if bool(self.has_eq.any()) else None,
-            r=self.rho if bool(self.has_eq.any()) else None,
-        )
-
     def objective(self, u: Tensor) -> Tensor:
         """Scaled objective ``0.5 u^T P u + c^T u`` (B,)."""
         Pu = torch.matmul(self.P, u.unsqueeze(-1)).squeeze(-1)
