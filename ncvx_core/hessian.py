@@ -16,6 +16,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .utils import bmm
+
 __all__ = [
     "HessianApprox",
     "UpdateInfo",
@@ -111,11 +113,11 @@ class BFGS:
         return BFGSState(H, torch.full((B,), bool(scaleH0), device=device))
 
     def matmul(self, state: BFGSState, V: Tensor) -> Tensor:
-        return torch.bmm(state.H, V)
+        return bmm(state.H, V)
 
     def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
         H = state.H
-        h = torch.bmm(H, s.unsqueeze(2)).squeeze(2)
+        h = bmm(H, s.unsqueeze(2)).squeeze(2)
         y, sty, damped = damp(s, y, h, self.damping)
         sty_ok = sty > 0  # NaN compares False: skipped
         # initial scaling at the first request passing the curvature test
@@ -125,7 +127,7 @@ class BFGS:
         gamma_ok = torch.isfinite(gamma)
         Hs = torch.where((do_scale & gamma_ok).view(-1, 1, 1), gamma.view(-1, 1, 1) * H, H)
         rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
-        Hy = torch.bmm(Hs, y.unsqueeze(2)).squeeze(2)
+        Hy = bmm(Hs, y.unsqueeze(2)).squeeze(2)
         yHy = _bdot(y, Hy)
         coef = (rho * rho * yHy + rho).clamp(min=0)
         Hn = (
@@ -282,8 +284,8 @@ class LBFGS:
         S, Y, gamma = state.S, state.Y, state.gamma
         m = S.shape[1]
         filled = state.rho != 0  # (k, m)
-        a = torch.bmm(S, V)  # (k, m, c)
-        b = torch.bmm(Y, V)
+        a = bmm(S, V)  # (k, m, c)
+        b = bmm(Y, V)
         SY = torch.bmm(S, Y.transpose(1, 2))  # (k, m, m): s_i . y_j
         R = torch.triu(SY)
         eye = torch.eye(m, dtype=V.dtype, device=V.device).unsqueeze(0)
@@ -292,9 +294,9 @@ class LBFGS:
         YY = torch.bmm(Y, Y.transpose(1, 2))
         w = torch.linalg.solve_triangular(R, a, upper=True)  # R^{-1} a
         g = gamma.view(-1, 1, 1)
-        inner = D.unsqueeze(2) * w + g * torch.bmm(YY, w) - g * b
+        inner = D.unsqueeze(2) * w + g * bmm(YY, w) - g * b
         top = torch.linalg.solve_triangular(R.transpose(1, 2), inner, upper=False)  # R^{-T}(...)
-        return g * V + torch.bmm(S.transpose(1, 2), top) - g * torch.bmm(Y.transpose(1, 2), w)
+        return g * V + bmm(S.transpose(1, 2), top) - g * bmm(Y.transpose(1, 2), w)
 
     def update(self, state: LBFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[LBFGSState, UpdateInfo]:
         h = self.matmul(state, s.unsqueeze(2)).squeeze(2)

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .utils import bmm
+
 from .problem import Evaluation
 
 __all__ = ["Violation", "violation", "penalty_value", "penalty_grad"]
@@ -51,10 +53,10 @@ def violation(ev: Evaluation, viol_ineq_tol: float, viol_eq_tol: float) -> Viola
     if ev.g is not None:
         gv1 = torch.zeros_like(ev.g)
         if ci.shape[1]:
-            gv1 = gv1 + torch.einsum("kp,kpn->kn", (ci >= 0).to(ci.dtype), ev.Ji)
+            gv1 = gv1 + bmm((ci >= 0).to(ci.dtype).unsqueeze(1), ev.Ji).squeeze(1)
         if ce.shape[1]:
             sgn = torch.where(ce >= 0, 1.0, -1.0).to(ce.dtype)
-            gv1 = gv1 + torch.einsum("kq,kqn->kn", sgn, ev.Je)
+            gv1 = gv1 + bmm(sgn.unsqueeze(1), ev.Je).squeeze(1)
     feasible = (tvi <= viol_ineq_tol) & (tve <= viol_eq_tol)
     return Violation(v1, gv1, tvi, tve, tv, feasible)
 

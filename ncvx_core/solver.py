@@ -30,7 +30,7 @@ from .result import Iterate, SolveResult
 from .stationarity import GradientCache, cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, tree_rows, tree_where
+from .utils import bmask, bmm, tree_rows, tree_where
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -376,13 +376,19 @@ class _Solver:
         return self._result(st)
 
     # ------------------------------------------------------------------------------------------
-    def _apply(self, Hstate: Any, identity: Tensor | None = None, Hreg: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-        """``V (k, n, c) -> H V`` with H replaced by I where ``identity`` and by ``Hreg`` if given."""
+    def _apply(self, Hstate: Any, identity: Tensor | None = None, Hreg: Tensor | None = None) -> Callable[..., Tensor]:
+        """``V (k, n, c) -> H V`` with H replaced by I where ``identity`` and by ``Hreg`` if given;
+        ``apply(V, rows)`` applies the H of problems ``rows`` only."""
 
-        def apply(V: Tensor) -> Tensor:
-            HV = torch.bmm(Hreg, V) if Hreg is not None else self.hess.matmul(Hstate, V)
-            if identity is not None:
-                HV = torch.where(bmask(identity, HV), V, HV)
+        def apply(V: Tensor, rows: Tensor | None = None) -> Tensor:
+            Hs, Hr, ident = Hstate, Hreg, identity
+            if rows is not None:  # restricted to some of the problems
+                Hs = tree_rows(Hstate, rows)
+                Hr = None if Hreg is None else Hreg[rows]
+                ident = None if identity is None else identity[rows]
+            HV = bmm(Hr, V) if Hr is not None else self.hess.matmul(Hs, V)
+            if ident is not None:
+                HV = torch.where(bmask(ident, HV), V, HV)
             return HV
 
         return apply

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .qp import BoxQP, QPSolver, QPStatus
-from .utils import bmask
+from .utils import bmask, bmm
 
 __all__ = ["GradientCache", "init_cache", "cache_insert", "stationarity_qp"]
 
@@ -88,12 +88,38 @@ def stationarity_qp(
         cache, nb: the cache and the ``(k, L)`` neighbourhood masks of the k problems.
         ci, ce: constraint values at the current points, ``(k, p)`` and ``(k, q)``; ``mu (k,)``.
     """
+    counts = nb.sum(dim=1)
+    sizes = torch.unique(counts).tolist()  # one small host sync: sizes the QPs
+    if len(sizes) <= 1:
+        return _stationarity_group(apply_H, cache, nb, ci, ce, mu, max(sizes[0] if sizes else 1, 1), qp, l2, qp_tol)
+    # one QP batch per neighbourhood size, so that no problem's QP is padded to another's size and
+    # its answer does not depend on the batch it is solved in
+    stat = torch.empty(counts.shape[0], dtype=ci.dtype, device=ci.device)
+    n_grads = torch.empty_like(counts)
+    fallback = torch.empty(counts.shape[0], dtype=torch.int8, device=ci.device)
+    for size in sizes:
+        rows = torch.nonzero(counts == size).flatten()
+        res = _stationarity_group(_rows_apply(apply_H, rows), _cache_rows(cache, rows), nb[rows], ci[rows], ce[rows],
+                                  mu[rows], max(int(size), 1), qp, l2, qp_tol)
+        stat[rows], n_grads[rows], fallback[rows] = res.stat, res.n_grads, res.fallback
+    return StationarityResult(stat, n_grads, fallback)
+
+
+def _cache_rows(cache: GradientCache, rows: Tensor) -> GradientCache:
+    return GradientCache(*(t[rows] for t in cache))
+
+
+def _rows_apply(apply_H: Callable[..., Tensor], rows: Tensor) -> Callable[[Tensor], Tensor]:
+    """``apply_H`` restricted to ``rows``: apply_H takes an optional row index."""
+    return lambda V: apply_H(V, rows)
+
+
+def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, nb: Tensor, ci: Tensor, ce: Tensor,
+                        mu: Tensor, lmax: int, qp: QPSolver, l2: bool, qp_tol: float) -> StationarityResult:
     k, L, n = cache.X.shape
     p, q = ci.shape[1], ce.shape[1]
     w = 1 + p + q
     counts = nb.sum(dim=1)
-    lmax = int(counts.max()) if k else 0  # one small host sync: sizes the QP
-    lmax = max(lmax, 1)
     order = torch.argsort((~nb).to(torch.int8), dim=1, stable=True)[:, :lmax]  # neighbourhood first
     valid = torch.arange(lmax, device=nb.device).unsqueeze(0) < counts.unsqueeze(1)  # (k, lmax)
     gi = order.view(k, lmax, 1).expand(k, lmax, n)
@@ -129,14 +155,14 @@ def stationarity_qp(
                              r=mu.double()), tol=qp_tol)
         return res.w, ok & (res.status != QPStatus.FAILED)
 
-    z, ok1 = solve(torch.bmm(M64, HM64))
+    z, ok1 = solve(bmm(M64, HM64))
     fallback = torch.where(ok1, 0, -1).to(torch.int8)
     need = ~ok1 & finite
     if bool(need.any()):
-        z2, ok2 = solve(torch.bmm(M64, M64.transpose(1, 2)))
+        z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
         z = torch.where(bmask(ok1, z), z, z2)
         fallback = torch.where(~ok1 & ok2, torch.tensor(2, dtype=torch.int8, device=dev), fallback)
-    dvec = -torch.bmm(HM64, z.unsqueeze(2)).squeeze(2)
+    dvec = -bmm(HM64, z.unsqueeze(2)).squeeze(2)
     stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
     stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)
     return StationarityResult(stat, counts, fallback)

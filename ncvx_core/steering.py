@@ -9,6 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .utils import bmm
+
 from .qp import BoxQP, QPSolver, QPStatus
 
 __all__ = ["SteeringResult", "steer"]
@@ -63,9 +65,9 @@ def steer(
     c = torch.cat([ce, ci], dim=1).double()  # (k, mc)
     HV = apply_H(torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2))  # (k, n, 1 + mc)
     u, W = HV[:, :, 0], HV[:, :, 1:]
-    Q = torch.bmm(A.double(), W.double())
+    Q = bmm(A.double(), W.double())
     Q = 0.5 * (Q + Q.transpose(1, 2))
-    r = torch.bmm(A.double(), u.double().unsqueeze(2)).squeeze(2)  # (k, mc)
+    r = bmm(A.double(), u.double().unsqueeze(2)).squeeze(2)  # (k, mc)
 
     K = maxit
     mu64 = mu.double()
@@ -87,7 +89,7 @@ def steer(
     )
     y = sol.w.view(k, J, mc)
     failed = (sol.status.view(k, J) == QPStatus.FAILED) | bad.unsqueeze(1)
-    Ad = -(cands.unsqueeze(2) * r.unsqueeze(1) + torch.einsum("kab,kjb->kja", Q, y))  # (k, J, mc)
+    Ad = -(cands.unsqueeze(2) * r.unsqueeze(1) + bmm(y, Q.transpose(1, 2)))  # (k, J, mc)
     lin_c = c.unsqueeze(1) + Ad
     cE, cI = lin_c[:, :, :q], lin_c[:, :, q:]
     ci64, ce64 = ci.double(), ce.double()
@@ -118,7 +120,7 @@ def steer(
     choice = torch.where(accept0, 0, first)
     y_c = y.gather(1, choice.view(k, 1, 1).expand(k, 1, mc)).squeeze(1).to(dt)
     mu_c = cands.gather(1, choice.view(k, 1)).squeeze(1).to(dt)
-    d = -(mu_c.unsqueeze(1) * u + torch.bmm(W, y_c.unsqueeze(2)).squeeze(2))
+    d = -(mu_c.unsqueeze(1) * u + bmm(W, y_c.unsqueeze(2)).squeeze(2))
     used = torch.arange(J, device=g.device).unsqueeze(0) <= choice.clamp(min=1).unsqueeze(1)
     used[:, 1] = used[:, 1] & ~accept_direct
     qp_failed = (failed & used).any(dim=1)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["tree_map", "tree_rows", "tree_where", "tree_scatter", "bmask"]
+__all__ = ["tree_map", "tree_rows", "tree_where", "tree_scatter", "bmask", "bmm", "bmv"]
 
 
 def _is_namedtuple(obj: Any) -> bool:
@@ -51,3 +51,25 @@ def tree_scatter(base: Any, idx: Tensor, rows: Any) -> Any:
         return out
 
     return tree_map(put, base, rows)
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched ``a @ b`` whose rows do not depend on the batch size.
+
+    ``(k, r, s) @ (k, s, c) -> (k, r, c)``. BLAS picks a different kernel for a single column or
+    row (matrix-vector) depending on the batch size, which changes the rounding of a problem's
+    result with the other problems in its batch; padding to two columns/rows keeps every problem's
+    arithmetic identical whether it is solved alone or in a batch.
+    """
+    if b.shape[-1] == 1:
+        return torch.bmm(a, torch.cat([b, torch.zeros_like(b)], dim=-1))[..., :1]
+    if a.shape[-2] == 1:
+        return torch.bmm(torch.cat([a, torch.zeros_like(a)], dim=-2), b)[..., :1, :]
+    return torch.bmm(a, b)
+
+
+def bmv(a: Tensor, x: Tensor) -> Tensor:
+    """Batched matrix-vector product ``(..., r, s) @ (..., s) -> (..., r)`` computed with two
+    right-hand columns so that the rounding does not depend on the batch size (see :func:`bmm`)."""
+    cols = torch.stack([x, torch.zeros_like(x)], dim=-1)
+    return torch.matmul(a, cols)[..., 0]

@@ -34,6 +34,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ..utils import bmv
+
 __all__ = [
     "QPStatus",
     "BoxQP",
@@ -209,7 +211,7 @@ def validate_qp(qp: BoxQP) -> None:
 
 def qp_objective(qp: BoxQP, w: Tensor) -> Tensor:
     """Objective ``0.5 w^T Q w + q^T w`` per problem.  ``w``: ``(B, m)`` -> ``(B,)``."""
-    Qw = torch.matmul(qp.Q, w.unsqueeze(-1)).squeeze(-1)
+    Qw = bmv(qp.Q, w)
     return 0.5 * (w * Qw).sum(-1) + (qp.q * w).sum(-1)
 
 
@@ -356,7 +358,7 @@ class Canonical:
 
     def objective(self, u: Tensor) -> Tensor:
         """Scaled objective ``0.5 u^T P u + c^T u`` (B,)."""
-        Pu = torch.matmul(self.P, u.unsqueeze(-1)).squeeze(-1)
+        Pu = bmv(self.P, u)
         return 0.5 * (u * Pu).sum(-1) + (self.c * u).sum(-1)
 
 
@@ -448,7 +450,7 @@ def canonicalize(qp: BoxQP) -> Canonical:
     outer = (free.unsqueeze(-1) & free.unsqueeze(-2))
     P = scale.unsqueeze(-1) * Q * scale.unsqueeze(-2)
     P = torch.where(outer, P, torch.zeros_like(P))
-    c = scale * (torch.matmul(Q, shift.unsqueeze(-1)).squeeze(-1) + q)
+    c = scale * (bmv(Q, shift) + q)
     c = torch.where(free, c, zero)
     gamma = torch.maximum(P.abs().flatten(1).amax(-1), c.abs().amax(-1))
     gamma = torch.where(torch.isfinite(gamma) & (gamma > 0), gamma, torch.ones_like(gamma))
@@ -485,7 +487,7 @@ def _pg_residual(
     Q: Tensor, q: Tensor, lo: Tensor, hi: Tensor, mask: Tensor | None, r: Tensor | None,
     w: Tensor,
 ) -> Tensor:
-    g = torch.matmul(Q, w.unsqueeze(-1)).squeeze(-1) + q
+    g = bmv(Q, w) + q
     p = _project(w - g, lo, hi, mask, r)
     res = (w - p).abs().amax(-1) if w.shape[-1] > 0 else torch.zeros_like(w[..., 0])
     ok = torch.isfinite(g).all(-1) & torch.isfinite(w).all(-1)
@@ -529,7 +531,7 @@ def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False) -> Tensor:
     Q = 0.5 * (qp.Q + qp.Q.transpose(-1, -2))
     g = can.gamma.view(B, 1, 1)
     Qu = s.unsqueeze(-1) * Q * s.unsqueeze(-2) / g
-    qu = s * (torch.matmul(Q, lo.unsqueeze(-1)).squeeze(-1) + qp.q) / can.gamma.unsqueeze(-1)
+    qu = s * (bmv(Q, lo) + qp.q) / can.gamma.unsqueeze(-1)
     hi_u = (hi - lo) / s
     u = (w - lo) / s
     res = _pg_residual(Qu, qu, torch.zeros_like(lo), hi_u, mask, r_u, u)

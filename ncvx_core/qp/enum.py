@@ -21,6 +21,7 @@ import logging
 import torch
 from torch import Tensor
 
+from ..utils import bmv
 from .base import (
     INACCURATE_KKT,
     BoxQP,
@@ -120,16 +121,16 @@ def _enum_solve(can: Canonical) -> tuple[Tensor, Tensor]:
     Pb = P.unsqueeze(1)  # (B, 1, m, m)
     outer = free.unsqueeze(-1) & free.unsqueeze(-2)  # (F, m, m)
     Pf = torch.where(outer.unsqueeze(0), Pb, torch.zeros_like(Pb))  # (B, F, m, m)
-    rhs = -(c.unsqueeze(1) + torch.matmul(Pb, uA.unsqueeze(-1)).squeeze(-1))  # (B, F, m)
+    rhs = -(c.unsqueeze(1) + bmv(Pb, uA))  # (B, F, m)
     rhs = torch.where(free.unsqueeze(0), rhs, torch.zeros_like(rhs))
-    uF = torch.matmul(torch.linalg.pinv(Pf, hermitian=True), rhs.unsqueeze(-1)).squeeze(-1)
+    uF = bmv(torch.linalg.pinv(Pf, hermitian=True), rhs)
     u = torch.where(free.unsqueeze(0), uF, uA)  # (B, F, m)
     ubb = ub.unsqueeze(1)
     feas = ((u >= -_FEAS_TOL) & (u <= ubb + _FEAS_TOL)).all(-1) & face_ok
     feas &= torch.isfinite(u).all(-1)
     u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), ubb)
     u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
-    g = torch.matmul(Pb, u.unsqueeze(-1)).squeeze(-1) + c.unsqueeze(1)  # (B, F, m)
+    g = bmv(Pb, u) + c.unsqueeze(1)  # (B, F, m)
     fixed = can.fixed.unsqueeze(1)
     lo_ok = (codes == 0).unsqueeze(0) & (g >= -_SIGN_TOL)
     hi_ok = at_hi.unsqueeze(0) & (g <= _SIGN_TOL)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from ..utils import bmv
 from .base import (
     BoxQP,
     Canonical,
@@ -60,7 +61,7 @@ logger = logging.getLogger("ncvx_core.qp")
 
 def _bmv(A: Tensor, x: Tensor) -> Tensor:
     """Batched matrix-vector product: (b, m, m) x (b, m) -> (b, m)."""
-    return torch.matmul(A, x.unsqueeze(-1)).squeeze(-1)
+    return bmv(A, x)
 
 
 def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
@@ -561,7 +562,7 @@ class _IPMQPFunction(torch.autograd.Function):
         M[:, m, m] = torch.where(use_eq, 0.0, 1.0)
         rhs = torch.cat([torch.where(free, v, 0.0), torch.zeros(B, 1, dtype=dt, device=w.device)], -1)
         # min-norm solution: the derivative is not unique where Q_FF is singular
-        sol = torch.matmul(torch.linalg.pinv(M, hermitian=True), rhs.unsqueeze(-1)).squeeze(-1)
+        sol = bmv(torch.linalg.pinv(M, hermitian=True), rhs)
         x = torch.where(free, sol[:, :m], 0.0)
         xi = torch.where(use_eq, sol[:, m], 0.0)
         a = eq_mask.to(dt) if eq_mask is not None else torch.zeros_like(w)

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import bmm, bmv
+
 __all__ = [
     "BatchedProblemFn",
     "ConformanceProblem",
@@ -564,7 +566,7 @@ def _b2_data(seed: int, n: int) -> tuple[Tensor, Tensor]:
 
 def _b2_kernel(x: Tensor, A: Tensor) -> Outputs:
     """``x (B, n)``, ``A (B, n, n)`` -> ``f = -x^T A x (B,)``, ``ce = x^T x - 1 (B, 1)``."""
-    Ax = torch.bmm(A, x.unsqueeze(-1)).squeeze(-1)
+    Ax = bmv(A, x)  # batch-size-independent rounding (see ncvx_core.utils.bmm)
     f = -(x * Ax).sum(-1)
     ce = (x * x).sum(-1, keepdim=True) - 1
     return f, None, ce
@@ -630,9 +632,9 @@ def _b3_data(seed: int, n: int, d: int) -> tuple[Tensor, Tensor]:
 def _b3_kernel(x: Tensor, A: Tensor) -> Outputs:
     """``x = V (B, n, d)``, ``A (B, n, n)`` -> ``f = -tr(V^T A V) (B,)``, ``ce = vec(V^T V - I) (B, d*d)``."""
     d = x.shape[-1]
-    AV = torch.bmm(A, x)
+    AV = bmm(A, x)
     f = -(x * AV).sum((-2, -1))
-    G = torch.bmm(x.transpose(-2, -1), x)
+    G = bmm(x.transpose(-2, -1), x)
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     ce = (G - eye).reshape(x.shape[0], d * d)
     return f, None, ce
