@@ -36,7 +36,9 @@ def _check_row_vs_reference(P, res, b: int) -> None:
     """Rows beyond the notebook's: at least as good as PyGRANSO on the same data."""
     ref = REF_ROWS[P.name]
     tol = max(P.options.get("viol_ineq_tol", 1e-6), P.options.get("viol_eq_tol", 1e-6))
-    slack = max(P.rtol, 1e-8)
+    # both runs stop on GRANSO's H-scaled stationarity test (opt_tol), which bounds the objective
+    # error only loosely: allow 1e-5 relative (or the problem's own tolerance if looser)
+    slack = max(P.rtol, 1e-5)
     if ref["status"][b] == 4 and int(res.status[b]) == 4 and ref["viol"][b] > tol:
         # both stopped at maxit while still infeasible (trajectory problems): the same path
         fo, fr = float(res.final.f[b]), ref["final_f"][b]
