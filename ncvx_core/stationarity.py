@@ -89,18 +89,21 @@ def stationarity_qp(
         ci, ce: constraint values at the current points, ``(k, p)`` and ``(k, q)``; ``mu (k,)``.
     """
     counts = nb.sum(dim=1)
-    sizes = torch.unique(counts).tolist()  # one small host sync: sizes the QPs
-    if len(sizes) <= 1:
-        return _stationarity_group(apply_H, cache, nb, ci, ce, mu, max(sizes[0] if sizes else 1, 1), qp, l2, qp_tol)
-    # one QP batch per neighbourhood size, so that no problem's QP is padded to another's size and
-    # its answer does not depend on the batch it is solved in
+    L = cache.X.shape[1]
+    # QP size buckets 1, 4, 16, 64, ... (capped at the cache size): a problem's QP is padded (with
+    # fixed variables) to a size that depends on its own neighbourhood only, so its answer does not
+    # depend on the batch it is solved in, with at most log4(L) + 1 QP calls
+    bucket = torch.clamp(4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), max=L)
+    sizes = torch.unique(bucket).tolist()  # one small host sync: sizes the QPs
+    if len(sizes) == 1:
+        return _stationarity_group(apply_H, cache, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
     stat = torch.empty(counts.shape[0], dtype=ci.dtype, device=ci.device)
     n_grads = torch.empty_like(counts)
     fallback = torch.empty(counts.shape[0], dtype=torch.int8, device=ci.device)
     for size in sizes:
-        rows = torch.nonzero(counts == size).flatten()
+        rows = torch.nonzero(bucket == size).flatten()
         res = _stationarity_group(_rows_apply(apply_H, rows), _cache_rows(cache, rows), nb[rows], ci[rows], ce[rows],
-                                  mu[rows], max(int(size), 1), qp, l2, qp_tol)
+                                  mu[rows], int(size), qp, l2, qp_tol)
         stat[rows], n_grads[rows], fallback[rows] = res.stat, res.n_grads, res.fallback
     return StationarityResult(stat, n_grads, fallback)
 
@@ -151,8 +154,23 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, nb
         Qm = 0.5 * (Qm + Qm.transpose(1, 2))
         ok = finite & torch.isfinite(Qm).flatten(1).all(1)
         Qm = torch.where(bmask(ok, Qm), Qm, 0.0)
-        res = qp.solve(BoxQP(Q=Qm, q=torch.where(bmask(ok, lin), lin, 0.0), lo=lo, hi=hi, eq_mask=eq_mask,
-                             r=mu.double()), tol=qp_tol)
+        linm = torch.where(bmask(ok, lin), lin, 0.0)
+        if lmax == 1:
+            # one sample: the equality fixes sigma = mu, leaving a box QP over the p + q constraint
+            # multipliers (solved exactly by face enumeration when p + q <= 3)
+            free = torch.ones(w, dtype=torch.bool, device=dev)
+            free[q] = False
+            sigma = mu.double()
+            Qf = Qm[:, free][:, :, free]
+            qf = linm[:, free] + Qm[:, free, q] * sigma.unsqueeze(1)
+            z1 = torch.empty(k, w, dtype=f64, device=dev)
+            z1[:, q] = sigma
+            if w > 1:
+                res = qp.solve(BoxQP(Q=Qf, q=qf, lo=lo[:, free].contiguous(), hi=hi[:, free].contiguous()), tol=qp_tol)
+                z1[:, free] = res.w
+                return z1, ok & (res.status != QPStatus.FAILED)
+            return z1, ok
+        res = qp.solve(BoxQP(Q=Qm, q=linm, lo=lo, hi=hi, eq_mask=eq_mask, r=mu.double()), tol=qp_tol)
         return res.w, ok & (res.status != QPStatus.FAILED)
 
     z, ok1 = solve(bmm(M64, HM64))
