@@ -125,16 +125,21 @@ class BFGS:
         gamma = sty / yty
         do_scale = state.scale_pending & sty_ok & mask
         gamma_ok = torch.isfinite(gamma)
-        Hs = torch.where((do_scale & gamma_ok).view(-1, 1, 1), gamma.view(-1, 1, 1) * H, H)
+        factor = torch.where(do_scale & gamma_ok, gamma, torch.ones_like(gamma))
+        Hn = H * factor.view(-1, 1, 1)  # the one n x n temporary of the update
         rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
-        Hy = bmm(Hs, y.unsqueeze(2)).squeeze(2)
+        Hy = bmm(Hn, y.unsqueeze(2)).squeeze(2)
         yHy = _bdot(y, Hy)
         coef = (rho * rho * yHy + rho).clamp(min=0)
-        Hn = (
-            Hs
-            - rho.view(-1, 1, 1) * (Hy.unsqueeze(2) * s.unsqueeze(1) + s.unsqueeze(2) * Hy.unsqueeze(1))
-            + coef.view(-1, 1, 1) * s.unsqueeze(2) * s.unsqueeze(1)
-        )
+        # H+ = H - rho (Hy s' + s y'H) + coef s s', evaluated in place in this order (three n x n
+        # buffers at the peak instead of seven)
+        outer = Hy.unsqueeze(2) * s.unsqueeze(1)
+        outer.add_(s.unsqueeze(2) * Hy.unsqueeze(1))
+        outer.mul_(rho.view(-1, 1, 1))
+        Hn.sub_(outer)
+        torch.mul(coef.view(-1, 1, 1) * s.unsqueeze(2), s.unsqueeze(1), out=outer)
+        Hn.add_(outer)
+        del outer
         finite = (torch.isfinite(Hn).flatten(1).all(dim=1) & torch.isfinite(s).all(dim=1)
                   & torch.isfinite(y).all(dim=1))
         ok = mask & sty_ok & finite
@@ -142,9 +147,11 @@ class BFGS:
         code = torch.where(mask & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
         code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
-        H_out = torch.where(ok.view(-1, 1, 1), Hn, H)
+        keep = torch.nonzero(~ok).flatten()
+        if keep.numel():  # problems not updated keep their H bit for bit
+            Hn[keep] = H[keep]
         pending = state.scale_pending & ~ok
-        return BFGSState(H_out, pending), UpdateInfo(code, damped & mask)
+        return BFGSState(Hn, pending), UpdateInfo(code, damped & mask)
 
     def dense(self, state: BFGSState) -> Tensor:
         return state.H
