@@ -60,7 +60,6 @@ class State(NamedTuple):
     viol: Violation
     mu: Tensor
     H: Any
-    cache: GradientCache
     status: Tensor
     level: Tensor
     rand_attempts: Tensor
@@ -318,13 +317,13 @@ class _Solver:
         H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
                            scaleH0=o.scaleH0)
         L = self.plan.ngrad
-        cache = init_cache(B, L, n, self.p, self.q, self.dtype, self.device)
+        self.cache = init_cache(B, L, n, self.p, self.q, self.dtype, self.device)  # all problems, updated in place
         i64 = dict(dtype=torch.long, device=self.device)
         zeros_f = torch.zeros(B, dtype=self.dtype, device=self.device)
         mf = _record_from(x, ev0, viol, mu, torch.ones(B, dtype=torch.bool, device=self.device))
         best = _record_from(x, ev0, viol, mu, viol.feasible if self.constrained else torch.ones_like(viol.feasible))
         st = State(
-            x=x.clone(), ev=ev0, viol=viol, mu=mu, H=H, cache=cache,
+            x=x.clone(), ev=ev0, viol=viol, mu=mu, H=H,
             status=torch.full((B,), RUNNING, dtype=torch.int16, device=self.device),
             level=torch.full((B,), self.min_level, **i64), rand_attempts=torch.zeros(B, **i64),
             iters=torch.zeros(B, **i64), fn_evals=torch.ones(B, **i64), ls_evals=torch.zeros(B, **i64),
@@ -400,8 +399,9 @@ class _Solver:
         Hr, _ = regularize(Hstate.H, o.regularize_threshold, o.regularize_max_eigenvalues)
         return Hr
 
-    def _stationarity(self, st: State, rows_all: Tensor, mask: Tensor) -> State:
-        """Stationarity at the current points of the problems where ``mask`` (k lanes of ``st``)."""
+    def _stationarity(self, st: State, orig_idx: Tensor, mask: Tensor) -> State:
+        """Stationarity at the current points of the problems where ``mask`` (k lanes of ``st``, at
+        positions ``orig_idx`` of the full batch)."""
         o = self.o
         gphi = _gphi(st.ev, st.viol, st.mu)
         gnorm = gphi.norm(dim=1)
@@ -410,24 +410,21 @@ class _Solver:
         stat = torch.where(mask & smooth, gnorm, st.stat)
         n_grads = torch.where(mask & smooth, 1, st.n_grads)
         fb = torch.where(mask & smooth, torch.tensor(0, dtype=torch.int8, device=self.device), st.stat_fallback)
-        cache = st.cache
         rows_all = torch.nonzero(need).flatten()
         chunk = max(1, self.plan.chunk)
+        ev = st.ev
         for start in range(0, rows_all.numel(), chunk):
             rows = rows_all[start:start + chunk]
-            sub_cache = tree_rows(cache, rows)
-            ev = st.ev
-            sub_cache, nb = cache_insert(sub_cache, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
-            cache = _scatter_tuple(cache, rows, sub_cache)
+            orig = orig_idx[rows]  # positions in the full batch (the cache holds every problem)
+            nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
             Hsub = tree_rows(st.H, rows)
             Hreg = self._regularized(Hsub)
-            res = stationarity_qp(self._apply(Hsub, None, Hreg), sub_cache, nb, ev.ci[rows], ev.ce[rows], st.mu[rows],
-                                  qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
-            del sub_cache, nb
+            res = stationarity_qp(self._apply(Hsub, None, Hreg), self.cache, orig, nb, ev.ci[rows], ev.ce[rows],
+                                  st.mu[rows], qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
             stat = stat.index_copy(0, rows, res.stat)
             n_grads = n_grads.index_copy(0, rows, res.n_grads)
             fb = fb.index_copy(0, rows, res.fallback)
-        return st._replace(stat=stat, n_grads=n_grads, stat_fallback=fb, cache=cache)
+        return st._replace(stat=stat, n_grads=n_grads, stat_fallback=fb)
 
     def _converged(self, st: State, mask: Tensor, rel_diff: Tensor) -> Tensor:
         o = self.o

@@ -39,24 +39,29 @@ def init_cache(B: int, L: int, n: int, p: int, q: int, dtype: torch.dtype, devic
     )
 
 
-def cache_insert(cache: GradientCache, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor, evaldist: float) -> tuple[GradientCache, Tensor]:
-    """Insert the new points of k problems and return their neighbourhoods.
+def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor,
+                 evaldist: float) -> Tensor:
+    """Insert the new points of problems ``rows`` into the cache (in place) and return their
+    neighbourhoods.
 
     The neighbourhood is every cached point within Euclidean distance ``evaldist`` of ``x``,
     including ``x`` itself (exact distances; GRANSO's triangle-inequality bookkeeping gives the same
-    set). Returns ``(cache, nb)`` with ``nb (k, L)`` bool.
+    set). ``x, g (k, n)``, ``Ji (k, p, n)``, ``Je (k, q, n)``; returns ``nb (k, L)`` bool. Only the
+    inserted slots are written: the cache is never copied.
     """
-    k, L, n = cache.X.shape
-    dist = (cache.X - x.unsqueeze(1)).norm(dim=2)
-    slot = cache.next
+    B, L, n = cache.X.shape
+    X = cache.X if rows.numel() == B and bool((rows == torch.arange(B, device=rows.device)).all()) else cache.X[rows]
+    dist = torch.cdist(x.unsqueeze(1), X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)  # (k, L)
+    slot = cache.next[rows]
     onehot = torch.nn.functional.one_hot(slot, L).bool()  # (k, L)
-    nb = (cache.filled & (dist <= evaldist) & ~onehot) | onehot
-    X = torch.where(onehot.unsqueeze(2), x.unsqueeze(1), cache.X)
-    G = torch.where(onehot.unsqueeze(2), g.unsqueeze(1), cache.G)
-    Jin = torch.where(onehot.view(k, L, 1, 1), Ji.unsqueeze(1), cache.Ji)
-    Jen = torch.where(onehot.view(k, L, 1, 1), Je.unsqueeze(1), cache.Je)
-    new = GradientCache(X, G, Jin, Jen, cache.filled | onehot, (slot + 1) % L)
-    return new, nb
+    nb = (cache.filled[rows] & (dist <= evaldist) & ~onehot) | onehot
+    cache.X[rows, slot] = x
+    cache.G[rows, slot] = g
+    cache.Ji[rows, slot] = Ji
+    cache.Je[rows, slot] = Je
+    cache.filled[rows, slot] = True
+    cache.next[rows] = (slot + 1) % L
+    return nb
 
 
 class StationarityResult(NamedTuple):
@@ -71,6 +76,7 @@ class StationarityResult(NamedTuple):
 def stationarity_qp(
     apply_H: Callable[[Tensor], Tensor],
     cache: GradientCache,
+    rows: Tensor,
     nb: Tensor,
     ci: Tensor,
     ce: Tensor,
@@ -85,7 +91,8 @@ def stationarity_qp(
 
     Args:
         apply_H: ``V (k, n, c) -> H V`` (the H before this iteration's update).
-        cache, nb: the cache and the ``(k, L)`` neighbourhood masks of the k problems.
+        cache, rows, nb: the cache of all problems, the positions ``rows (k,)`` of the k problems in
+            it and their ``(k, L)`` neighbourhood masks (only the neighbourhood samples are read).
         ci, ce: constraint values at the current points, ``(k, p)`` and ``(k, q)``; ``mu (k,)``.
     """
     counts = nb.sum(dim=1)
@@ -96,20 +103,16 @@ def stationarity_qp(
     bucket = torch.clamp(4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), max=L)
     sizes = torch.unique(bucket).tolist()  # one small host sync: sizes the QPs
     if len(sizes) == 1:
-        return _stationarity_group(apply_H, cache, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
+        return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
     stat = torch.empty(counts.shape[0], dtype=ci.dtype, device=ci.device)
     n_grads = torch.empty_like(counts)
     fallback = torch.empty(counts.shape[0], dtype=torch.int8, device=ci.device)
     for size in sizes:
-        rows = torch.nonzero(bucket == size).flatten()
-        res = _stationarity_group(_rows_apply(apply_H, rows), _cache_rows(cache, rows), nb[rows], ci[rows], ce[rows],
-                                  mu[rows], int(size), qp, l2, qp_tol)
-        stat[rows], n_grads[rows], fallback[rows] = res.stat, res.n_grads, res.fallback
+        sel = torch.nonzero(bucket == size).flatten()
+        res = _stationarity_group(_rows_apply(apply_H, sel), cache, rows[sel], nb[sel], ci[sel], ce[sel],
+                                  mu[sel], int(size), qp, l2, qp_tol)
+        stat[sel], n_grads[sel], fallback[sel] = res.stat, res.n_grads, res.fallback
     return StationarityResult(stat, n_grads, fallback)
-
-
-def _cache_rows(cache: GradientCache, rows: Tensor) -> GradientCache:
-    return GradientCache(*(t[rows] for t in cache))
 
 
 def _rows_apply(apply_H: Callable[..., Tensor], rows: Tensor) -> Callable[[Tensor], Tensor]:
@@ -117,18 +120,19 @@ def _rows_apply(apply_H: Callable[..., Tensor], rows: Tensor) -> Callable[[Tenso
     return lambda V: apply_H(V, rows)
 
 
-def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, nb: Tensor, ci: Tensor, ce: Tensor,
-                        mu: Tensor, lmax: int, qp: QPSolver, l2: bool, qp_tol: float) -> StationarityResult:
-    k, L, n = cache.X.shape
+def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, rows: Tensor, nb: Tensor, ci: Tensor,
+                        ce: Tensor, mu: Tensor, lmax: int, qp: QPSolver, l2: bool, qp_tol: float) -> StationarityResult:
+    k, L = nb.shape
+    n = cache.X.shape[2]
     p, q = ci.shape[1], ce.shape[1]
     w = 1 + p + q
     counts = nb.sum(dim=1)
     order = torch.argsort((~nb).to(torch.int8), dim=1, stable=True)[:, :lmax]  # neighbourhood first
     valid = torch.arange(lmax, device=nb.device).unsqueeze(0) < counts.unsqueeze(1)  # (k, lmax)
-    gi = order.view(k, lmax, 1).expand(k, lmax, n)
-    G = torch.gather(cache.G, 1, gi)
-    Ji = torch.gather(cache.Ji, 1, order.view(k, lmax, 1, 1).expand(k, lmax, p, n))
-    Je = torch.gather(cache.Je, 1, order.view(k, lmax, 1, 1).expand(k, lmax, q, n))
+    r2 = rows.unsqueeze(1)
+    G = cache.G[r2, order]  # (k, lmax, n): only the samples used are read
+    Ji = cache.Ji[r2, order]
+    Je = cache.Je[r2, order]
     blocks = torch.cat([Je, G.unsqueeze(2), Ji], dim=2)  # (k, lmax, w, n): [nu (q), sigma, lambda (p)]
     blocks = torch.where(valid.view(k, lmax, 1, 1), blocks, 0.0)
     M = blocks.reshape(k, lmax * w, n)
