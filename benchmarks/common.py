@@ -110,6 +110,13 @@ def _git(*args: str) -> str:
         return ""
 
 
+def _commit() -> str:
+    head = _git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown (no git checkout here)"
+    return head + (" (ncvx_core/ has uncommitted changes)" if _git("status", "--porcelain", "--", "ncvx_core") else "")
+
+
 def _version(mod: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -120,15 +127,18 @@ def _version(mod: str) -> str | None:
 
 
 def env_info(device: torch.device) -> dict[str, str]:
-    import numpy
+    try:
+        import numpy
 
+        np_version = numpy.__version__
+    except ImportError:
+        np_version = "not installed"
     info = {
         "date (UTC)": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "git commit": (_git("rev-parse", "--short", "HEAD") or "?")
-        + (" (working tree modified)" if _git("status", "--porcelain", "--", "ncvx_core") else ""),
+        "git commit": _commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np_version,
         "ncvx_core": _version("ncvx-core") or "?",
         "CPU": f"{cpu_model()}; os.cpu_count() = {os.cpu_count()}; usable = {len(os.sched_getaffinity(0))}",
         "torch threads": str(torch.get_num_threads()),
@@ -142,6 +152,20 @@ def env_info(device: torch.device) -> dict[str, str]:
         if v:
             info[mod] = v
     return info
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes: CUDA free memory, else MemAvailable from /proc/meminfo (else 8 GiB)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
 
 
 def command_line() -> str:
@@ -208,11 +232,14 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_results(path: Path, title: str, device: torch.device, body: Sequence[str],
-                  extra: dict[str, Any] | None = None) -> None:
+                  extra: dict[str, Any] | None = None, *, quiet: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n" + env_header_md(device, extra) + "\n" + "\n".join(body)
-    path.write_text(text)
-    print(f"\nwrote {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    if not quiet:
+        print(f"\nwrote {path}")
 
 
 def log(*a: Any) -> None:
@@ -333,9 +360,17 @@ class SmallCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def make_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0) -> nn.Module:
+def make_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0,
+             logit_scale: float = 20.0) -> nn.Module:
+    """The CNN with random (default-initialised) weights; the last layer is multiplied by
+    ``logit_scale`` so that margins on random inputs are O(0.1-1) rather than O(0.01) (otherwise
+    any small perturbation flips the class and the attack ends at once)."""
     torch.manual_seed(seed)
-    model = SmallCNN().to(device=device, dtype=dtype).eval()
+    model = SmallCNN()
+    with torch.no_grad():
+        model.fc.weight.mul_(logit_scale)
+        model.fc.bias.mul_(logit_scale)
+    model = model.to(device=device, dtype=dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
