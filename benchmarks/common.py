@@ -35,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ncvx_core.memory import available_memory  # noqa: F401  (re-exported for the scripts)
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -152,20 +154,6 @@ def env_info(device: torch.device) -> dict[str, str]:
         if v:
             info[mod] = v
     return info
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes: CUDA free memory, else MemAvailable from /proc/meminfo (else 8 GiB)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
 
 
 def command_line() -> str:

@@ -9,7 +9,7 @@ its results are *not* batch invariant).  This wrapper
   redundant upper bounds dropped) in float64;
 * adds the ridge ``ridge_rel * mean(diag P) + ridge_abs`` (defaults 1e-6 and 1e-10) and passes
   ``check_Q_spd=False, verbose=-1``;
-* encodes bounds as ``G = [-I; I]`` rows, with all-zero rows (``0 <= 1``) where a bound is absent,
+* encodes bounds as ``G = [-I; I]`` rows, absent bounds as inactive finite ones,
   so every problem has the same shape; problems with and without the equality are solved as two
   separate groups;
 * catches any exception of a group and marks its problems FAILED;
@@ -92,17 +92,16 @@ class QpthQPSolver:
                 Qr = P + ridge.view(n, 1, 1) * eye
                 p = can.c[idx]
                 lbi, ubi = lb[idx], ubm[idx]
-                G = torch.cat(
-                    [
-                        -eye * lbi.to(dt).unsqueeze(-1),
-                        eye * ubi.to(dt).unsqueeze(-1),
-                    ],
-                    dim=1,
-                )  # (n, 2m, m); zero rows for absent bounds
+                # every variable gets both rows (an all-zero row makes qpth's KKT system degenerate):
+                # absent bounds become inactive ones (fixed variables, pinned at 0 by the ridge, get
+                # [-1, 1]; variables of the sum = 1 equality get the redundant w <= 2; others 1e6)
+                G = torch.cat([-eye, eye], dim=0).expand(n, 2 * m, m)  # (n, 2m, m)
+                in_eq = can.eq[idx] if with_eq else torch.zeros_like(lbi)
+                far = torch.where(in_eq, torch.full_like(p, 2.0), torch.full_like(p, 1e6))
                 h = torch.cat(
                     [
                         torch.where(lbi, torch.zeros_like(p), torch.ones_like(p)),
-                        torch.where(ubi, can.ub[idx], torch.ones_like(p)),
+                        torch.where(ubi, can.ub[idx], torch.where(lbi, far, torch.ones_like(p))),
                     ],
                     dim=1,
                 )
