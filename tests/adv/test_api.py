@@ -54,7 +54,8 @@ def _reference_radius(w, gval, p):
 def test_min_distortion_linear_reaches_the_analytic_radius(p):
     model, x, y, w, gval = _linear_setup()
     ref = _reference_radius(w, gval, p)
-    res = adv.min_distortion(model, x, y, Lp(p), restarts=1, maxit=250, restart_maxit=250, refine_steps=0)
+    res = adv.min_distortion(model, x, y, Lp(p), restarts=1, maxit=250, restart_maxit=250, refine_steps=0,
+                             l1_slack=False)
     assert isinstance(res, MinDistortionResult)
     assert res.success.all(), res.verdict.reason
     assert torch.allclose(res.radius, ref, rtol=1e-2), (res.radius, ref)
@@ -64,7 +65,7 @@ def test_min_distortion_linear_reaches_the_analytic_radius(p):
     assert v.success.all() and torch.equal(v.distance, res.radius)
 
 
-def test_min_distortion_l1_slack_and_linf_original():
+def test_min_distortion_l1_slack_and_clamp_box():
     model, x, y, w, gval = _linear_setup(B=1, seed=1)
     res = adv.min_distortion(model, x, y, "l1", l1_slack=True, restarts=1, maxit=300, restart_maxit=300)
     assert torch.allclose(res.radius, _reference_radius(w, gval, 1.0), rtol=1e-2)
@@ -101,6 +102,18 @@ def test_attack_ce_loss_targeted_and_per_sample_eps():
     assert res.success.tolist() == [True, False, True]
     res = adv.attack(model, x, y, "l2", eps=eps, target=1 - y, restarts=1, maxit=60, restart_maxit=60)
     assert res.success.tolist() == [True, False, True]
+
+
+def test_already_misclassified_inputs_are_not_attacked():
+    model, x, y, w, gval = _linear_setup()
+    y = y.clone()
+    y[1] = 1 - y[1]  # the model already gets sample 1 wrong
+    res = adv.attack(model, x, y, "l2", eps=1e-3, restarts=1, maxit=10, restart_maxit=10)
+    assert res.success[1] and res.distance[1] == 0 and res.status[1] == -1 and res.restarts_used[1] == 0
+    assert torch.equal(res.x_adv[1], x[1])
+    m = adv.min_distortion(model, x, y, "l2", restarts=1, maxit=100, restart_maxit=100)
+    assert m.radius[1] == 0 and m.success[1] and m.iterations[1] == 0
+    assert m.success.all()
 
 
 def test_warm_continuation_and_budgets():
