@@ -2,7 +2,14 @@
 
 from .errors import NcvxError, NonFiniteStartError, OptionError, ProblemDefinitionError
 from .hessian import BFGS, LBFGS, BFGSState, HessianApprox, LBFGSState, UpdateInfo
-from .linesearch import Backtracking, LineSearch, LineSearchProblem, LineSearchResult, Trial, WeakWolfe
+from .linesearch import (
+    Backtracking,
+    LineSearch,
+    LineSearchProblem,
+    LineSearchResult,
+    Trial,
+    WeakWolfe,
+)
 from .options import SolverOptions
 from .problem import Evaluation, Evaluator
 from .result import Iterate, SolveResult, SolverFailedError

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -208,7 +209,7 @@ class SolverOptions:
         if self.memory_limit is not None and num("memory_limit") <= 0:
             bad("memory_limit", "None or a positive number of bytes")
 
-    def replace(self, **changes: Any) -> "SolverOptions":
+    def replace(self, **changes: Any) -> SolverOptions:
         """Copy with some options changed (validated like the constructor)."""
         return SolverOptions(**{**self.as_dict(), **changes})
 

@@ -7,9 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .utils import bmm
-
 from .problem import Evaluation
+from .utils import bmm
 
 __all__ = ["Violation", "violation", "penalty_value", "penalty_grad"]
 

@@ -19,15 +19,24 @@ from torch import Tensor
 
 from .errors import NcvxError, ProblemDefinitionError
 from .hessian import BFGS, LBFGS, HessianApprox, regularize
+from .linesearch import (
+    LS_BRACKETED,
+    LS_NO_BRACKET,
+    LS_NONDESCENT,
+    LS_OK,
+    LineSearch,
+    LineSearchProblem,
+    Trial,
+    WeakWolfe,
+)
 from .memory import plan_memory
-from .linesearch import LS_BRACKETED, LS_NO_BRACKET, LS_NONDESCENT, LS_OK, LineSearch, LineSearchProblem, Trial, WeakWolfe
 from .options import SolverOptions
 from .penalty import Violation, violation
 from .problem import Evaluation, Evaluator
 from .progress import IterationPrinter
 from .qp import QPSolver, get_qp_solver
 from .result import Iterate, SolveResult
-from .stationarity import GradientCache, cache_insert, init_cache, stationarity_qp
+from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
 from .utils import bmask, bmm, tree_rows, tree_where

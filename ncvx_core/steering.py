@@ -9,9 +9,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .utils import bmm
-
 from .qp import BoxQP, QPSolver, QPStatus
+from .utils import bmm
 
 __all__ = ["SteeringResult", "steer"]
 

@@ -5,7 +5,8 @@ Every tensor leaf has the batch dimension first; ``None`` and non-tensor leaves 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

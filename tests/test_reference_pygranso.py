@@ -6,7 +6,6 @@ Run it in an environment with the reference installed: `make test-reference`.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from ncvx_core import SolverOptions, solve
 from ncvx_core.testing import reference
