@@ -160,7 +160,7 @@ def test_bfgs_matches_textbook_formula_and_initial_scaling(seed, B, n):
     ref_s = [H0[b].numpy().copy() for b in range(B)]
     ref_p = [H0[b].numpy().copy() for b in range(B)]
     pending = [True] * B
-    for step in range(4):
+    for _step in range(4):
         s = _randn(g, B, n)
         y = _bmv(_spd(g, B, n), s)
         mask = _mask(g, B, at_least_one=False)

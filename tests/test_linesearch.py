@@ -485,7 +485,7 @@ def test_backtracking_value_only_trials_and_halving(data, t0, cls):
     assert torch.equal(xf, res.trial.x[rows_f])
     for b in torch.nonzero(active).flatten().tolist():
         ts = []
-        for x, rows, grad in calls[:-1]:
+        for x, rows, _grad in calls[:-1]:
             hit = torch.nonzero(rows == b).flatten()
             if hit.numel():
                 dx = x[hit[0]] - S.x0[b]
