@@ -66,6 +66,17 @@ def _check_dtype(dtype: Any) -> torch.dtype:
     return dtype
 
 
+def _check_run(restarts: Any, maxit: Any, restart_maxit: Any, time_limit: Any, dtype: Any,
+               init: Any) -> tuple[float | None, torch.dtype]:
+    """Checks shared by attack and min_distortion; returns the normalised (time_limit, dtype)."""
+    _check_int("restarts", restarts, 1)
+    _check_int("maxit", maxit, 1)
+    _check_int("restart_maxit", restart_maxit, 1)
+    if init not in ("blend", "random"):
+        raise ValueError(f"init must be 'blend' or 'random', got {init!r}")
+    return _check_time(time_limit), _check_dtype(dtype)
+
+
 def _distance_name(d: Distance) -> str:
     return getattr(d, "name", type(d).__name__)
 
@@ -113,13 +124,7 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
     B = x.shape[0]
     eps_v = _eps_vector(eps, B, x.device)
     dist = parse_distance(distance)
-    _check_int("restarts", restarts, 1)
-    _check_int("maxit", maxit, 1)
-    _check_int("restart_maxit", restart_maxit, 1)
-    time_limit = _check_time(time_limit)
-    dtype = _check_dtype(dtype)
-    if init not in ("blend", "random"):
-        raise ValueError(f"init must be 'blend' or 'random', got {init!r}")
+    time_limit, dtype = _check_run(restarts, maxit, restart_maxit, time_limit, dtype, init)
     t0 = time.monotonic()
     model64 = model_as(model, torch.float64)
     model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
@@ -185,14 +190,8 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     check_inputs(model, x, y, target=target)
     B = x.shape[0]
     dist = parse_distance(distance)
-    _check_int("restarts", restarts, 1)
-    _check_int("maxit", maxit, 1)
-    _check_int("restart_maxit", restart_maxit, 1)
+    time_limit, dtype = _check_run(restarts, maxit, restart_maxit, time_limit, dtype, init)
     _check_int("refine_steps", refine_steps, 0)
-    time_limit = _check_time(time_limit)
-    dtype = _check_dtype(dtype)
-    if init not in ("blend", "random"):
-        raise ValueError(f"init must be 'blend' or 'random', got {init!r}")
     if not (float(init_scale) > 0):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
     t0 = time.monotonic()

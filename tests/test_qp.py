@@ -64,16 +64,6 @@ KKT_TOL = 1e-6
 OBJ_TOL = 1e-8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """The QPs here are tiny; with several OpenMP threads on a loaded machine each small batched
-    LAPACK call can wait ~10 ms on the thread pool.  One thread keeps the file fast."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _solvers(box_only_small: bool) -> list[QPSolver]:
     out: list[QPSolver] = [IPMQPSolver(), AutoQPSolver()]
     if box_only_small:

@@ -55,13 +55,6 @@ A1_XSTAR = torch.tensor([1.0 / SQRT2, 0.5], dtype=DT)
 FINAL_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny batched LAPACK calls are ~1000x slower with several threads on a loaded machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def opts(**kw: Any) -> SolverOptions:
