@@ -35,6 +35,8 @@ demo: install
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]" || true
+	# torchattacks (optional baseline) declares torchvision, which would replace the CPU torch: install it alone
+	$(PY) -m pip install -q --no-deps torchattacks || true
 	$(PY) benchmarks/run_all.py
 
 lint: install
