@@ -19,7 +19,9 @@ class GradientCache(NamedTuple):
     """Ring buffer of the last L points and their raw gradients, per problem.
 
     Shapes: ``X, G (B, L, n)``; ``Ji (B, L, p, n)``; ``Je (B, L, q, n)``; ``filled (B, L)`` bool;
-    ``next (B,)`` long, the slot written next (the oldest once the buffer is full).
+    ``next (B,)`` long, the slot written next (the oldest once the buffer is full); ``lo, hi (B, L)``
+    lower and upper bounds on the distance of each slot's point to the problem's most recently
+    inserted point.
     """
 
     X: Tensor
@@ -28,15 +30,23 @@ class GradientCache(NamedTuple):
     Je: Tensor
     filled: Tensor
     next: Tensor
+    lo: Tensor
+    hi: Tensor
 
 
 def init_cache(B: int, L: int, n: int, p: int, q: int, dtype: torch.dtype, device: torch.device) -> GradientCache:
     z = torch.zeros(B, L, n, dtype=dtype, device=device)
+    zl = torch.zeros(B, L, dtype=dtype, device=device)
     return GradientCache(
         z, z.clone(), torch.zeros(B, L, p, n, dtype=dtype, device=device),
         torch.zeros(B, L, q, n, dtype=dtype, device=device),
         torch.zeros(B, L, dtype=torch.bool, device=device), torch.zeros(B, dtype=torch.long, device=device),
+        zl, zl.clone(),
     )
+
+
+# relative slack of the distance bounds: a slot whose bounds are within it of evaldist is measured
+_BOUND_SLACK = 1e-9
 
 
 def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor,
@@ -45,16 +55,33 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     neighbourhoods.
 
     The neighbourhood is every cached point within Euclidean distance ``evaldist`` of ``x``,
-    including ``x`` itself (exact distances; GRANSO's triangle-inequality bookkeeping gives the same
-    set). ``x, g (k, n)``, ``Ji (k, p, n)``, ``Je (k, q, n)``; returns ``nb (k, L)`` bool. Only the
-    inserted slots are written: the cache is never copied.
+    including ``x`` itself. Distances are tracked by bounds, as GRANSO does with its upper bounds:
+    with ``e = ||x - x_last||`` (x_last the previously inserted point), each slot's distance lies in
+    ``[lo - e, hi + e]`` (triangle inequality); only slots whose bounds straddle ``evaldist`` are
+    measured exactly, so the stored points are read only where the answer is in doubt and the set is
+    the exact one. ``x, g (k, n)``, ``Ji (k, p, n)``, ``Je (k, q, n)``; returns ``nb (k, L)`` bool.
+    Only the inserted slots and the bounds are written: the cache is never copied.
     """
     B, L, n = cache.X.shape
-    X = cache.X if rows.numel() == B and bool((rows == torch.arange(B, device=rows.device)).all()) else cache.X[rows]
-    dist = torch.cdist(x.unsqueeze(1), X, compute_mode="donot_use_mm_for_euclid_dist").squeeze(1)  # (k, L)
     slot = cache.next[rows]
+    last = torch.remainder(slot - 1, L)
+    filled = cache.filled[rows]
+    e = torch.linalg.vector_norm(x - cache.X[rows, last], dim=1).unsqueeze(1)  # (k, 1)
+    lo = (cache.lo[rows] - e).clamp(min=0)
+    hi = cache.hi[rows] + e
+    doubt = filled & (hi > evaldist * (1 - _BOUND_SLACK)) & (lo <= evaldist * (1 + _BOUND_SLACK))
+    pairs = torch.nonzero(doubt)  # one small host sync: sizes the exact measurements
+    if pairs.shape[0]:
+        r, j = pairs[:, 0], pairs[:, 1]
+        d = torch.linalg.vector_norm(x[r] - cache.X[rows[r], j], dim=1).to(lo.dtype)
+        lo[r, j] = d
+        hi[r, j] = d
     onehot = torch.nn.functional.one_hot(slot, L).bool()  # (k, L)
-    nb = (cache.filled[rows] & (dist <= evaldist) & ~onehot) | onehot
+    nb = (filled & (hi <= evaldist) & ~onehot) | onehot
+    lo = torch.where(onehot, 0.0, lo)
+    hi = torch.where(onehot, 0.0, hi)
+    cache.lo[rows] = lo
+    cache.hi[rows] = hi
     cache.X[rows, slot] = x
     cache.G[rows, slot] = g
     cache.Ji[rows, slot] = Ji

@@ -1,0 +1,37 @@
+"""The gradient cache's neighbourhoods (spec 5.2) against brute-force distances."""
+
+import torch
+
+from ncvx_core.stationarity import cache_insert, init_cache
+
+
+def test_neighbourhoods_match_brute_force_distances() -> None:
+    """Random walks whose steps straddle evaldist (large, tiny, exactly evaldist-sized), inserted
+    for random subsets of problems: every returned neighbourhood is exactly the set of stored
+    points within evaldist of the new point (bounds never change the set)."""
+    g = torch.Generator().manual_seed(0)
+    B, L, n, evaldist = 5, 7, 3, 1e-4
+    cache = init_cache(B, L, n, 1, 0, torch.float64, torch.device("cpu"))
+    x = torch.rand(B, n, generator=g, dtype=torch.float64)
+    stored: list[list[torch.Tensor]] = [[] for _ in range(B)]  # shadow ring buffers
+    for it in range(300):
+        scale = [1e-1, 3e-5, 1e-4, 5e-5, 0.0][it % 5]
+        step = torch.randn(B, n, generator=g, dtype=torch.float64)
+        x = x + scale * step / step.norm(dim=1, keepdim=True)
+        rows = torch.nonzero(torch.rand(B, generator=g) < 0.7).flatten()
+        if rows.numel() == 0:
+            continue
+        nb = cache_insert(cache, rows, x[rows], x[rows], torch.zeros(rows.numel(), 1, n, dtype=torch.float64),
+                          torch.zeros(rows.numel(), 0, n, dtype=torch.float64), evaldist)
+        for i, b in enumerate(rows.tolist()):
+            slot = int(cache.next[b] - 1) % L
+            buf = stored[b]
+            if len(buf) < L:
+                buf.append(x[b].clone())
+            else:
+                buf[slot] = x[b].clone()
+            want = torch.zeros(L, dtype=torch.bool)
+            for j, pt in enumerate(buf):
+                want[j] = bool((x[b] - pt).norm() <= evaldist)
+            assert torch.equal(nb[i], want), (it, b)
+            assert nb[i, slot]
