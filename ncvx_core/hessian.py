@@ -200,6 +200,13 @@ class LBFGSState(NamedTuple):
     scale_pending: Tensor
 
 
+def _push(M: Tensor, v: Tensor, ok: Tensor) -> Tensor:
+    """FIFO memory ``M (k, m, n)`` with ``v (k, n)`` appended (oldest dropped) where ``ok``;
+    one copy of the memory."""
+    okv = ok.view(-1, 1, 1)
+    return torch.cat([torch.where(okv, M[:, 1:], M[:, :-1]), torch.where(okv, v.unsqueeze(1), M[:, -1:])], dim=1)
+
+
 class LBFGS:
     """Limited-memory inverse BFGS (spec 4.4) applied through the compact representation.
 
@@ -320,8 +327,8 @@ class LBFGS:
         gamma = torch.where(want & gamma_ok, gamma_new, state.gamma)
         pending = state.scale_pending & ~(want & gamma_ok) if self.fixed_scaling else state.scale_pending
         rho_new = 1.0 / torch.where(sty_ok, sty, 1.0)
-        S = torch.where(ok.view(-1, 1, 1), torch.cat([state.S[:, 1:], s.unsqueeze(1)], dim=1), state.S)
-        Y = torch.where(ok.view(-1, 1, 1), torch.cat([state.Y[:, 1:], y.unsqueeze(1)], dim=1), state.Y)
+        S = _push(state.S, s, ok)
+        Y = _push(state.Y, y, ok)
         rho = torch.where(ok.unsqueeze(1), torch.cat([state.rho[:, 1:], rho_new.unsqueeze(1)], dim=1), state.rho)
         count = torch.where(ok, (state.count + 1).clamp(max=self.m), state.count)
         code = torch.full_like(mask, -1, dtype=torch.int8)

@@ -426,7 +426,7 @@ class _Solver:
             rows = rows_all[start:start + chunk]
             orig = orig_idx[rows]  # positions in the full batch (the cache holds every problem)
             nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
-            Hsub = tree_rows(st.H, rows)
+            Hsub = st.H if rows.numel() == st.x.shape[0] else tree_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             res = stationarity_qp(self._apply(Hsub, None, Hreg), self.cache, orig, nb, ev.ci[rows], ev.ce[rows],
                                   st.mu[rows], qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
@@ -485,7 +485,7 @@ class _Solver:
             d = torch.where(bmask(qn, d), d_qn, d)
         if self.constrained and bool(steer_lanes.any()):
             rows = torch.nonzero(steer_lanes).flatten()
-            Hsub = tree_rows(st.H, rows)
+            Hsub = st.H if rows.numel() == k else tree_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             apply = self._apply(Hsub, level[rows] == 1, Hreg)
             res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,

@@ -35,11 +35,12 @@ class GradientCache(NamedTuple):
 
 
 def init_cache(B: int, L: int, n: int, p: int, q: int, dtype: torch.dtype, device: torch.device) -> GradientCache:
-    z = torch.zeros(B, L, n, dtype=dtype, device=device)
+    # the sample buffers are only read at filled slots (and masked elsewhere): left uninitialised,
+    # their pages are touched only when written
     zl = torch.zeros(B, L, dtype=dtype, device=device)
     return GradientCache(
-        z, z.clone(), torch.zeros(B, L, p, n, dtype=dtype, device=device),
-        torch.zeros(B, L, q, n, dtype=dtype, device=device),
+        torch.empty(B, L, n, dtype=dtype, device=device), torch.empty(B, L, n, dtype=dtype, device=device),
+        torch.empty(B, L, p, n, dtype=dtype, device=device), torch.empty(B, L, q, n, dtype=dtype, device=device),
         torch.zeros(B, L, dtype=torch.bool, device=device), torch.zeros(B, dtype=torch.long, device=device),
         zl, zl.clone(),
     )
