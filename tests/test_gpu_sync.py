@@ -1,0 +1,71 @@
+"""Host synchronisation on a CUDA device (skipped without one).
+
+The per-iteration building blocks that are written sync-free are checked under
+``torch.cuda.set_sync_debug_mode("error")``, which raises on any device-to-host copy. A whole
+iteration still synchronises (active-set compaction, QP working sets, line-search rounds; see
+docs/batching.md), which the last test records as an expected failure until it is removed.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from ncvx_core import SolverOptions, solve
+from ncvx_core.hessian import LBFGS, damp
+from ncvx_core.penalty import violation
+from ncvx_core.problem import Evaluation
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, cuda]
+
+
+@contextlib.contextmanager
+def no_sync():
+    torch.cuda.synchronize()
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+
+
+def test_lbfgs_product_and_update_do_not_sync():
+    B, n, m = 8, 50, 5
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h = LBFGS(m)
+    st = h.init(B, n, torch.float64, torch.device("cuda"))
+    s = torch.randn(B, n, generator=g, device="cuda", dtype=torch.float64)
+    y = s + 0.1 * torch.randn(B, n, generator=g, device="cuda", dtype=torch.float64)
+    mask = torch.ones(B, dtype=torch.bool, device="cuda")
+    with no_sync():
+        for _ in range(m + 2):
+            st, _info = h.update(st, s, y, mask)
+            s = s.roll(1, dims=1)
+            y = y.roll(1, dims=1)
+        HV = h.matmul(st, torch.randn(B, n, 3, generator=g, device="cuda", dtype=torch.float64))
+        hs = h.matmul(st, s.unsqueeze(2)).squeeze(2)
+        damp(s, y, hs, 1e-4)
+    torch.cuda.synchronize()
+    assert torch.isfinite(HV).all()
+
+
+def test_violation_does_not_sync():
+    B, n, p, q = 8, 6, 3, 2
+    ev = Evaluation(torch.randn(B, device="cuda"), torch.randn(B, p, device="cuda"), torch.randn(B, q, device="cuda"),
+                    torch.randn(B, n, device="cuda"), torch.randn(B, p, n, device="cuda"), torch.randn(B, q, n, device="cuda"))
+    with no_sync():
+        v = violation(ev, 1e-6, 1e-6)
+    assert v.tv.shape == (B,)
+
+
+@pytest.mark.xfail(strict=True, reason="a whole iteration still has host syncs (compaction, QP working sets, "
+                                       "line-search rounds); see docs/batching.md")
+def test_whole_iteration_does_not_sync():
+    def fn(x):
+        return (x ** 2).sum(1), (x[:, :1] - 1), None
+
+    x0 = torch.randn(4, 3, device="cuda", dtype=torch.float64)
+    with no_sync():
+        solve(fn, x0, SolverOptions(maxit=2, print_level=0))
