@@ -189,7 +189,10 @@ class LBFGSState(NamedTuple):
     """Limited-memory state, oldest pair first, unfilled slots first and zero.
 
     Shapes: ``S, Y (B, m, n)``, ``rho (B, m)`` (0 in unfilled slots), ``gamma (B,)``,
-    ``count (B,)`` long (filled slots), ``scale_pending (B,)`` bool (fixed scaling not yet set).
+    ``count (B,)`` long (filled slots), ``scale_pending (B,)`` bool (fixed scaling not yet set);
+    ``SY, YY (B, m, m)`` the inner products ``s_i . y_j`` and ``y_i . y_j``, kept with the memory
+    so that a product with H reads S and Y twice rather than four times (``None`` in a state
+    built by hand: they are then computed on use).
     """
 
     S: Tensor
@@ -198,13 +201,23 @@ class LBFGSState(NamedTuple):
     gamma: Tensor
     count: Tensor
     scale_pending: Tensor
+    SY: Tensor | None = None
+    YY: Tensor | None = None
+
+
+def _inner(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(S Y^T, Y Y^T)``, (k, m, m) each."""
+    return torch.bmm(S, Y.transpose(1, 2)), torch.bmm(Y, Y.transpose(1, 2))
 
 
 def _push(M: Tensor, v: Tensor, ok: Tensor) -> Tensor:
     """FIFO memory ``M (k, m, n)`` with ``v (k, n)`` appended (oldest dropped) where ``ok``;
     one copy of the memory."""
     okv = ok.view(-1, 1, 1)
-    return torch.cat([torch.where(okv, M[:, 1:], M[:, :-1]), torch.where(okv, v.unsqueeze(1), M[:, -1:])], dim=1)
+    out = torch.empty_like(M)
+    torch.where(okv, M[:, 1:], M[:, :-1], out=out[:, :-1])
+    torch.where(okv, v.unsqueeze(1).to(M.dtype), M[:, -1:], out=out[:, -1:])
+    return out
 
 
 class LBFGS:
@@ -246,7 +259,7 @@ class LBFGS:
         if warm_start is not None:
             S, Y, rho, gamma, count, pending = self._warm(warm_start, B, n, dtype, device, S, Y, rho, gamma, count)
             pending = (pending | (not self.fixed_scaling)) & bool(scaleH0 and self.scaleH0)
-        return LBFGSState(S, Y, rho, gamma, count, pending)
+        return LBFGSState(S, Y, rho, gamma, count, pending, *_inner(S, Y))
 
     def _warm(self, ws: Any, B: int, n: int, dtype: torch.dtype, device: torch.device,
               S: Tensor, Y: Tensor, rho: Tensor, gamma: Tensor, count: Tensor) -> tuple[Tensor, ...]:
@@ -300,12 +313,11 @@ class LBFGS:
         filled = state.rho != 0  # (k, m)
         a = bmm(S, V)  # (k, m, c)
         b = bmm(Y, V)
-        SY = torch.bmm(S, Y.transpose(1, 2))  # (k, m, m): s_i . y_j
+        SY, YY = (state.SY, state.YY) if state.SY is not None and state.YY is not None else _inner(S, Y)
         R = torch.triu(SY)
         eye = torch.eye(m, dtype=V.dtype, device=V.device).unsqueeze(0)
         R = torch.where(filled.unsqueeze(2) & filled.unsqueeze(1), R, 0.0) + eye * (~filled).unsqueeze(1).to(V.dtype)
         D = torch.diagonal(SY, dim1=1, dim2=2) * filled
-        YY = torch.bmm(Y, Y.transpose(1, 2))
         w = torch.linalg.solve_triangular(R, a, upper=True)  # R^{-1} a
         g = gamma.view(-1, 1, 1)
         inner = D.unsqueeze(2) * w + g * bmm(YY, w) - g * b
@@ -335,7 +347,7 @@ class LBFGS:
         code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(mask & finite & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(want & ~gamma_ok, 1, 0).to(torch.int8), code)
-        return LBFGSState(S, Y, rho, gamma, count, pending), UpdateInfo(code, damped & mask)
+        return LBFGSState(S, Y, rho, gamma, count, pending, *_inner(S, Y)), UpdateInfo(code, damped & mask)
 
     def dense(self, state: LBFGSState) -> Tensor:
         n = state.S.shape[2]
