@@ -30,8 +30,15 @@ test-reference:
 	.venv-ref/bin/python -m pip install -q --no-deps -e .
 	.venv-ref/bin/python -m pytest -q -m reference tests
 
+# the adv part: the embedded digits CNN (trained on first use, ~10 s), 64 test digits, l-infinity,
+# three attacks at two budgets plus minimal radii; about 2.5 minutes on a busy 2-core CPU
+DEMO_ADV_FLAGS ?= --threat linf --eps 0.05 0.1 --n 64 --batch-size 32 --min-distortion \
+	--restarts 1 --maxit 60 --restart-maxit 60 --min-restarts 1 --min-maxit 80 --apgd-iter 50 --threads 1
+
 demo: install
 	$(PY) -m ncvx_core.demo
+	$(PY) -m adv evaluate --model default --data default $(DEMO_ADV_FLAGS) --out demo-report --overwrite
+	@echo "Robustness report: demo-report/summary.md (plots: demo-report/*.png)"
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]" || true
@@ -47,4 +54,4 @@ docs:
 	@echo "The documentation is Markdown under docs/ (start at docs/index.md); nothing to build."
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis demo-report
