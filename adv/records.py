@@ -31,14 +31,14 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "RECORDS", "SETTINGS", "EXAMPLES", "RESULT_KEYS", "rank_file", "record_files", "jsonable",
     "append_records", "read_records", "complete_records", "load_records", "merge_records",
-    "write_settings", "read_settings", "settings_mismatch", "batch_bounds", "atomic_write_text",
+    "write_settings", "read_settings", "settings_mismatch", "batch_bounds", "atomic_write", "atomic_write_text",
 ]
 
 logger = logging.getLogger("adv")
@@ -180,15 +180,15 @@ def load_records(out_dir: str | os.PathLike[str], batch_size: int | None = None,
     return [by_index[i] for i in sorted(by_index)]
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file in the same directory, ``fsync`` it, then rename it over
-    ``path`` (readers see either the old or the new file, never half of one)."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(fh)`` on a temporary binary file in the same directory, ``fsync`` it, then
+    rename it over ``path`` (readers see either the old or the new file, never half of one)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, p)
@@ -196,6 +196,12 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def merge_records(out_dir: str | os.PathLike[str], batch_size: int, n: int) -> list[dict[str, Any]]:
