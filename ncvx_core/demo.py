@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quiet", action="store_true", help="no iteration table")
     args = ap.parse_args(argv)
+    # the demo's problems are tiny: one thread avoids OpenMP start-up and oversubscription costs,
+    # which on a small shared machine can make such runs ten times slower
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     x0 = torch.cat([torch.ones(1, 2), torch.randn(7, 2)]).double()
     opts = SolverOptions(maxit=200, print_level=0 if args.quiet else 1, print_frequency=5)
