@@ -37,6 +37,15 @@ as feasible when the constraint is within ``viol_ineq_tol`` of 0, and a point ex
 decision boundary may be judged either way in float64. The radius is then larger than the true one
 by about ``margin_offset / ||grad margin||``, which is negligible.
 
+**Rival classes** (class restarts of :mod:`adv.runner`): ``problem.rival`` is a ``(B,)`` long
+tensor, ``-1`` by default. On an untargeted problem, a row with ``rival[i] = r >= 0`` uses the
+pairwise margin ``z_r - z_y`` in place of ``max_{j != y} z_j - z_y`` (in the min-distortion
+constraint, and in the max-loss objective with ``loss="margin"``). The misclassified set is the
+union over ``r`` of ``{z_r >= z_y}``, so the smallest radius over all rivals is the untargeted
+minimal radius, and every point with ``z_r - z_y >= 0`` is misclassified. Each pairwise problem
+drops the max over classes, whose kinks trap a local solver at the boundary of the class that
+is closest at the start.
+
 Box ``[0, 1]`` handling (``box``):
 
 * ``"clamp"``: the model sees ``clamp(x', 0, 1)``. With ``clamp_grad="ste"`` (default) the
@@ -138,6 +147,8 @@ class _AttackProblem:
         self.n = int(x[0].numel())
         self.box_normalise = bool(box_normalise)
         self.evaluations = 0
+        #: per-sample rival class ``(B,)`` (``-1``: none), set by the runner for class restarts
+        self.rival = torch.full((self.batch_size,), -1, dtype=torch.long, device=x.device)
 
     # -- layout -------------------------------------------------------------------------------------
     @property
@@ -181,6 +192,19 @@ class _AttackProblem:
     def _targets(self, idx: Tensor) -> Tensor | None:
         return None if self.target is None else self.target[idx]
 
+    def _margin(self, logits: Tensor, idx: Tensor) -> Tensor:
+        """The (targeted) margin, or ``z_r - z_y`` on rows with a rival class ``r`` (untargeted only)."""
+        m = margin(logits, self.y[idx], self._targets(idx))
+        if self.target is not None:
+            return m
+        riv = self.rival.to(idx.device)[idx]
+        has = riv >= 0
+        if not bool(has.any()):
+            return m
+        z_r = logits.gather(1, riv.clamp(min=0)[:, None]).squeeze(1)
+        z_y = logits.gather(1, self.y[idx][:, None]).squeeze(1)
+        return torch.where(has, z_r - z_y, m)
+
     def logits(self, xp: Tensor) -> Tensor:
         out = self.model(self._model_input(xp))
         if out.dim() != 2 or out.shape[0] != xp.shape[0]:
@@ -205,8 +229,13 @@ class MaxLossProblem(_AttackProblem):
         ce_clip: clip of the CE loss: ``"code"`` (``log K + 0.1``, the authors' code),
             ``"paper"`` (10), a float, or None.
         box, clamp_grad, box_normalise: the box handling (module docstring).
-        folding: folding kind of the l-infinity hinge group and of the box group.
+        folding: folding kind of the l-infinity hinge group, of the l1 slack hinges and of the box
+            group.
         linf_form: ``"reformulated"`` (folded hinges, default) or ``"original"`` (``||delta||_inf``).
+        l1_slack: the l1 budget through the per-pixel epigraph: variables ``(x', t in R^n)``,
+            constraints ``sum(t) - eps <= 0`` and the folded hinges ``[delta - t; -delta - t]``
+            (which imply ``t >= |delta|``), instead of the kinked ``||delta||_1 - eps``. Only for the
+            l1 distance.
         num_classes: K (for ``ce_clip="code"``).
     """
 
@@ -215,9 +244,13 @@ class MaxLossProblem(_AttackProblem):
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Tensor, *,
                  loss: str = "margin", target: Tensor | None = None, box: str = "both", folding: Any = "l2",
                  margin_clip: float | None = 0.01, ce_clip: Any = "code", clamp_grad: str = "ste",
-                 box_normalise: bool = True, linf_form: str = "reformulated", num_classes: int | None = None) -> None:
+                 box_normalise: bool = True, linf_form: str = "reformulated", l1_slack: bool = False,
+                 num_classes: int | None = None) -> None:
         super().__init__(model, x, y, distance, target=target, box=box, folding=folding, clamp_grad=clamp_grad,
                          box_normalise=box_normalise)
+        self.l1_slack = bool(l1_slack)
+        if self.l1_slack and _p_of(self.distance) != 1.0:
+            raise ValueError(f"l1_slack=True needs the l1 distance, got {self.distance!r}")
         if loss not in LOSSES:
             import difflib
 
@@ -241,14 +274,31 @@ class MaxLossProblem(_AttackProblem):
             self.clip = None
 
     @property
+    def n_var(self) -> int:
+        return 2 * self.n if self.l1_slack else self.n
+
+    @property
     def constraint_names(self) -> list[str]:
         names = ["distance"]
+        if self.l1_slack:
+            names.append("slack")
         if self.box in ("fold", "both"):
             names.append("box")
         return names
 
+    def x0(self, x_start: Tensor, idx: Tensor | None = None) -> Tensor:
+        k = x_start.shape[0]
+        xs = x_start.reshape(k, -1).to(self.x.dtype)
+        if not self.l1_slack:
+            return xs.clone()
+        idx = torch.arange(k, device=xs.device) if idx is None else idx
+        return torch.cat([xs, (xs - self.x[idx].reshape(k, -1)).abs()], dim=1)
+
     def objective(self, logits: Tensor, idx: Tensor) -> Tensor:
-        L = self.loss_fn(logits, self.y[idx], self._targets(idx))
+        if self.loss_name == "margin":
+            L = self._margin(logits, idx)
+        else:
+            L = self.loss_fn(logits, self.y[idx], self._targets(idx))
         if self.clip is not None:
             L = L.clamp(max=self.clip)
         return -L
@@ -267,7 +317,12 @@ class MaxLossProblem(_AttackProblem):
         self.evaluations += int(z.shape[0])
         xp = self.to_image(z)
         f = self.objective(self.logits(xp), idx)
-        cols = [self._distance_column(xp, idx)]
+        if self.l1_slack:
+            t = z[:, self.n:]
+            delta = (xp - self.x[idx]).reshape(z.shape[0], -1)
+            cols = [t.sum(dim=1) - self.eps[idx], fold(torch.cat([delta - t, -delta - t], dim=1), self.folding)]
+        else:
+            cols = [self._distance_column(xp, idx)]
         box = self._box_column(xp)
         if box is not None:
             cols.append(box)
@@ -343,7 +398,7 @@ class MinDistortionProblem(_AttackProblem):
         xp = self.to_image(z)
         xr = self.x[idx]
         logits = self.logits(xp)
-        m = margin(logits, self.y[idx], self._targets(idx))
+        m = self._margin(logits, idx)
         cols = [-m + self.margin_offset]
         if self.slack == "t":
             t = z[:, self.n]

@@ -1,8 +1,8 @@
 """Run the benchmark scripts that work in this environment, at modest sizes, and write their
 Markdown results under ``benchmarks/results/`` (or ``--out``).
 
-    python benchmarks/run_all.py                 # CPU, modest sizes (about 15 minutes on 2 cores)
-    python benchmarks/run_all.py --quick         # smaller sizes (a few minutes)
+    python benchmarks/run_all.py                 # CPU, modest sizes (about 40 minutes on 2 cores, 25 of them adv)
+    python benchmarks/run_all.py --quick         # smaller sizes (about 10 minutes)
     python benchmarks/run_all.py --only qp,overhead
     python benchmarks/run_all.py --device cuda   # sizes for a GPU (see gpu_check.sh)
 
@@ -54,6 +54,7 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
             "scaling": ["--b-sweep", "1,4,16,64", "--full-sweep", "1,4,16", "--n-sweep", "64,1024,3072,12288",
                         "--budget", "120"],
             "reference": ["--batches", "16", "--maxit", "50", "--small-batch", "4", "--loop-max", "8"],
+            "adv": ["--quick"],
         }
     return {
         "qp": ["--loop-seconds", "6"],
@@ -62,6 +63,7 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
         "scaling": ["--b-sweep", "1,4,16,64,256", "--full-sweep", "1,4,16,64", "--n-sweep", "64,1024,3072,12288,150528",
                     "--budget", "420"],
         "reference": ["--batches", "32,64,256", "--ref-max", "32", "--loop-max", "32"],
+        "adv": [],
     }
 
 
@@ -69,8 +71,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="qp,overhead,scaling,reference",
-                    help="comma-separated subset of qp, overhead, scaling, reference (run in this order)")
+    ap.add_argument("--only", default="qp,overhead,scaling,reference,adv",
+                    help="comma-separated subset of qp, overhead, scaling, reference, adv (run in this order; "
+                         "adv is CPU only)")
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results, or $OUT)")
     ap.add_argument("--ref-python", default=None, help="interpreter for bench_reference.py (default: auto)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per script")
@@ -86,6 +89,10 @@ def main() -> int:
     t_all = time.perf_counter()
     for name in todo:
         if name not in plan:
+            if name == "adv":
+                print("[adv] bench_adv.py runs on the CPU only: skipped")
+                summary.append((name, "-", "skipped (CPU only)", 0.0))
+                continue
             print(f"unknown benchmark {name!r}; valid: {', '.join(plan)}")
             continue
         python = sys.executable

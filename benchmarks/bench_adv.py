@@ -1,0 +1,481 @@
+"""Robustness evaluation on the embedded digits CNNs (issue 4): PWCF against APGD, FAB, AutoAttack
+and an LPA-style perceptual attack.
+
+Models and data come from :mod:`adv.zoo` (scikit-learn's bundled digits, CNNs trained on first use
+and cached; nothing is downloaded). A fixed subset is attacked: the first ``--n`` test images that
+the model classifies correctly. Every success in every table is the verdict of :func:`adv.judge`
+(float64, point clipped to the box) on the point the attack returned; a *violation* is a returned
+point that the model misclassifies but that lies outside the budget (the attack would count it
+as a success, the judge does not).
+
+Sections (``--sections``, default all):
+
+* ``max``: per threat model (l-infinity, l2, l1 at ``--eps-*``), robust accuracy under our APGD
+  (CE and margin, 100 iterations, 1 restart), PWCF-margin with :func:`adv.attack`'s default
+  protocol, their union (one :func:`adv.evaluate` call runs all three), torchattacks' APGD
+  (CE and DLR, 100 steps; l-infinity and l2 only, it has no l1), torchattacks'
+  ``AutoAttack(version="standard")`` as shipped (its components run 10 steps) and the same four
+  attacks with AutoAttack's published budget (100 iterations for APGD, APGD-T and FAB-T, 5000
+  Square queries), composed from torchattacks' classes.
+* ``min``: minimal distortion (l2, l1, l-infinity): :func:`adv.min_distortion` (default protocol)
+  against torchattacks' FAB used as a minimal-distortion attack (untargeted, budget far above any
+  radius, 100 steps, ``--fab-restarts`` runs: the first from the clean point, the others from
+  random starts; per image the smallest radius the judge confirms). torchattacks' ``FAB.perturb``
+  fails for l1 (a variable is only set for l-infinity and l2), so the runs call
+  ``FAB.attack_single_run`` directly for every norm.
+* ``perceptual``: :class:`adv.Perceptual` on the classifier's own ReLU maps (unsquared), PWCF
+  max-loss attack against an LPA-style penalty attack written here (Laidlaw, Singla, Feizi,
+  "Perceptual Adversarial Robustness", ICLR 2021: maximise ``margin - lambda max(0, d - eps)`` by
+  normalised gradient ascent with a decaying step, ``lambda`` multiplied by 10 after each phase,
+  no projection), reported for its final iterate (as Fast-LPA returns it) and for the best
+  feasible iterate seen along its path (a stronger variant).
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_adv.py            # full: 100 images (50 for min / perceptual), ~20 min
+    .venv/bin/python benchmarks/bench_adv.py --quick    # 20 images (10), smaller baselines, ~5 min
+
+Results go to ``benchmarks/results/adv_cpu.md`` (``adv_quick_cpu.md`` with ``--quick``) unless
+``--out`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import add_common_args, fmt, log, md_table, out_path, setup, write_results  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+import adv  # noqa: E402
+import adv.api  # noqa: E402
+from adv.losses import margin as margin_loss  # noqa: E402
+from adv.zoo import RECIPE_VERSION, default_model, load_digits  # noqa: E402
+
+try:  # optional baseline (install with --no-deps: its torchvision dependency would replace torch)
+    import torchattacks as ta
+except Exception as exc:  # noqa: BLE001  (any import failure just disables the baseline)
+    ta = None
+    TA_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    TA_ERROR = ""
+
+DIST_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+FAB_BIG = {"linf": 1.0, "l2": 8.0, "l1": 64.0}  # far above any radius on 8x8 images in [0, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def subset(model: nn.Module, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` test images (split order) the model classifies correctly."""
+    x, y = load_digits("test")
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    return x[ok][:n].contiguous(), y[ok][:n].contiguous()
+
+
+def accuracy(model: nn.Module) -> float:
+    x, y = load_digits("test")
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).double().mean())
+
+
+def stats(d: Tensor, mask: Tensor) -> tuple[float | None, float | None]:
+    v = d[mask]
+    if v.numel() == 0:
+        return None, None
+    return float(v.mean()), float(v.median())
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
+def judged_row(name: str, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, dist: Any, eps: float,
+               seconds: float) -> tuple[list[Any], Tensor]:
+    """One table row for a baseline that returns points: judge them, count violations."""
+    v = adv.judge(model, x, y, x_adv.to(x.dtype), dist, eps)
+    viol = int((v.finite & v.misclassified & ~v.within).sum())
+    box = int(((x_adv < -1e-6) | (x_adv > 1 + 1e-6)).reshape(x.shape[0], -1).any(dim=1).sum())
+    mean, med = stats(v.distance, v.success)
+    n = x.shape[0]
+    row = [name, pct(1 - v.success_rate), int(v.success.sum()), viol, box, mean, med, seconds / n]
+    return row, v.success
+
+
+def status_hist(status: Tensor) -> str:
+    c = collections.Counter(int(s) for s in status.tolist())
+    return " ".join(f"{k}:{c[k]}" for k in sorted(c))
+
+
+# ----------------------------------------------------------------------------------------------
+# LPA-style penalty attack (written from Laidlaw et al. 2021, section 5; no code copied)
+# ----------------------------------------------------------------------------------------------
+def lpa_penalty(model: nn.Module, dist: Any, x: Tensor, y: Tensor, eps: float, *, phases: int = 5,
+                steps: int = 40, lam0: float = 0.01, step0: float | None = None, seed: int = 0
+                ) -> tuple[Tensor, Tensor]:
+    """Projection-free Lagrangian perceptual attack.
+
+    Maximises ``margin(x') - lambda max(0, d(x', x) - eps)`` over ``x' in [0, 1]^n`` by gradient
+    ascent with l2-normalised steps; ``lambda = lam0 10^k`` in phase ``k`` (``phases`` phases of
+    ``steps`` steps); the step decays linearly from ``step0`` to ``step0 / 10`` within each phase
+    (default ``step0``: the l2 size of a perturbation that reaches ``d = eps`` along the first
+    gradient, estimated per sample). Start: ``x + N(0, 0.01^2)`` clipped to the box.
+
+    Returns ``(final, best_feasible)``: the final iterate (what the projection-free attack returns)
+    and, per sample, the feasible misclassified iterate of largest margin seen (the final iterate
+    where there is none).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = x.detach().to(torch.float64)
+    B = x.shape[0]
+    col = (B,) + (1,) * (x.dim() - 1)
+    xa = (x + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    m64 = copy.deepcopy(model).double().eval()
+    for p in m64.parameters():
+        p.requires_grad_(False)
+    best = xa.clone()
+    best_m = torch.full((B,), -math.inf, dtype=torch.float64)
+    if step0 is None:
+        # step size scale: how far (l2) one has to move along the gradient to reach d = eps,
+        # from a short probe step (d is ~linear in the step for small steps)
+        xv = xa.clone().requires_grad_(True)
+        with torch.enable_grad():
+            mval = margin_loss(m64(xv), y)
+            (gr,) = torch.autograd.grad(mval.sum(), xv)
+        u = gr / gr.reshape(B, -1).norm(dim=1).clamp(min=1e-12).reshape(col)
+        probe = 0.05
+        with torch.no_grad():
+            dp = dist((x + probe * u).clamp(0, 1), x).to(torch.float64).clamp(min=1e-12)
+        step0_v = (probe * eps / dp).clamp(max=1.0)
+    else:
+        step0_v = torch.full((B,), float(step0), dtype=torch.float64)
+    for k in range(phases):
+        lam = lam0 * 10.0 ** k
+        for i in range(steps):
+            eta = step0_v * (1.0 - 0.9 * i / max(steps - 1, 1))
+            xv = xa.clone().requires_grad_(True)
+            with torch.enable_grad():
+                mval = margin_loss(m64(xv), y)
+                d = dist(xv, x).to(torch.float64)
+                obj = mval - lam * torch.relu(d - eps)
+                (gr,) = torch.autograd.grad(obj.sum(), xv)
+            with torch.no_grad():
+                feas = (d <= eps) & (mval >= 0)
+                better = feas & (mval > best_m)
+                best = torch.where(better.reshape(col), xv.detach(), best)
+                best_m = torch.where(better, mval.detach(), best_m)
+                nrm = gr.reshape(B, -1).norm(dim=1).clamp(min=1e-12).reshape(col)
+                xa = (xa + eta.reshape(col) * gr / nrm).clamp(0, 1)
+    with torch.no_grad():
+        mval = margin_loss(m64(xa), y)
+        d = dist(xa, x).to(torch.float64)
+        feas = (d <= eps) & (mval >= 0)
+        better = feas & (mval > best_m)
+        best = torch.where(better.reshape(col), xa, best)
+        found = torch.isfinite(best_m) | better
+        best = torch.where(found.reshape(col), best, xa)
+    return xa, best
+
+
+# ----------------------------------------------------------------------------------------------
+# sections
+# ----------------------------------------------------------------------------------------------
+def section_max(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, eps: float, args: argparse.Namespace,
+                summary: dict[str, Any]) -> list[str]:
+    n = x.shape[0]
+    log(f"[max] {dist_name} eps={eps}: adv.evaluate (apgd-ce, apgd-margin, pwcf-margin) on {n} images")
+    captured: list[Any] = []
+    orig = adv.api.attack
+
+    def spy(*a: Any, **k: Any) -> Any:  # records PWCF's own diagnostics; changes nothing
+        r = orig(*a, **k)
+        captured.append(r)
+        return r
+
+    adv.api.attack = spy
+    try:
+        rep = adv.evaluate(model, x, y, dist_name, eps, attacks=("apgd-ce", "apgd-margin", "pwcf-margin"),
+                           seed=args.seed)
+    finally:
+        adv.api.attack = orig
+    pw = captured[-1] if captured else None
+    rows = []
+    succ_all = rep.union_success.clone()
+    names = {"apgd-ce": "adv.apgd CE (100 it)", "apgd-margin": "adv.apgd margin (100 it)",
+             "pwcf-margin": "PWCF margin (adv.attack defaults)"}
+    for a in rep.attacks:
+        r, _ = judged_row(names[a], model, x, y, rep.x_adv[a], dist_name, eps, rep.seconds[a])
+        rows.append(r)
+    mean, med = stats(torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.bool))
+    rows.append(["union of the three (adv.evaluate)", pct(rep.robust_accuracy["union"]), int(rep.union_success.sum()),
+                 "-", "-", "-", "-", sum(rep.seconds.values()) / n])
+    ra = {a: rep.robust_accuracy[a] for a in rep.attacks}
+    ra["union"] = rep.robust_accuracy["union"]
+    extra_notes = []
+    if pw is not None:
+        extra_notes.append(f"PWCF diagnostics: status codes {status_hist(pw.status)} (-1: not run); mean iterations "
+                           f"{float(pw.iterations.double().mean()):.0f}; restarts used {status_hist(pw.restarts_used)}; "
+                           f"continued {int(pw.continued.sum())}.")
+    aa_rows = []
+    if ta is not None and dist_name in ("linf", "l2"):
+        norm = DIST_NAMES[dist_name]
+        for loss in ("ce", "dlr"):
+            log(f"[max] torchattacks APGD-{loss} {dist_name}")
+            atk = ta.APGD(model, norm=norm, eps=eps, steps=100, n_restarts=1, loss=loss, seed=args.seed)
+            t = time.perf_counter()
+            xa = atk(x, y)
+            r, s = judged_row(f"torchattacks APGD-{loss.upper()} (100 steps)", model, x, y, xa, dist_name, eps,
+                              time.perf_counter() - t)
+            rows.append(r)
+            ra[f"ta-apgd-{loss}"] = 1 - float(s.double().mean())
+            succ_all |= s
+        if not args.no_autoattack:
+            log(f"[max] torchattacks AutoAttack standard {dist_name}")
+            atk = ta.AutoAttack(model, norm=norm, eps=eps, version="standard", n_classes=10, seed=args.seed)
+            t = time.perf_counter()
+            xa = atk(x, y)
+            r, s = judged_row("torchattacks AutoAttack standard (as shipped: 10 steps)", model, x, y, xa, dist_name,
+                              eps, time.perf_counter() - t)
+            aa_rows.append(r)
+            succ_all |= s
+            summary.setdefault("aa_time", {})[dist_name] = r[-1]
+            log(f"[max] AutoAttack standard components at the published budget {dist_name}")
+            steps = args.aa_steps
+            atk = ta.MultiAttack([
+                ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=args.seed),
+                ta.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=args.seed),
+                ta.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10,
+                       seed=args.seed),
+                ta.Square(model, norm=norm, eps=eps, n_queries=args.square_queries, n_restarts=1, seed=args.seed),
+            ])
+            t = time.perf_counter()
+            xa = atk(x, y)
+            r, s = judged_row(f"AutoAttack standard components, {steps} it / {args.square_queries} queries", model,
+                              x, y, xa, dist_name, eps, time.perf_counter() - t)
+            aa_rows.append(r)
+            succ_all |= s
+            summary.setdefault("aa100_time", {})[dist_name] = r[-1]
+    elif ta is None:
+        extra_notes.append(f"torchattacks not importable ({TA_ERROR}): its baselines are skipped.")
+    else:
+        extra_notes.append("torchattacks' APGD and AutoAttack support only l-infinity and l2: no torchattacks "
+                           "row for l1.")
+    rows.extend(aa_rows)
+    rows.append(["union of every attack above", pct(1 - float(succ_all.double().mean())), int(succ_all.sum()),
+                 "-", "-", "-", "-", "-"])
+    summary.setdefault("max", {})[dist_name] = dict(eps=eps, robust=ra, pwcf_time=rows[2][-1])
+    head = ["attack", "robust accuracy", "broken", "violations", "box violations", "mean distance (broken)",
+            "median distance (broken)", "s / image"]
+    return [f"### {dist_name}, eps = {eps}\n", md_table(head, rows)] + [f"- {s}\n" for s in extra_notes]
+
+
+def fab_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, restarts: int, steps: int, seed: int
+            ) -> tuple[Tensor, float]:
+    """FAB as a minimal-distortion attack; the smallest judged radius per image over the runs."""
+    n = x.shape[0]
+    atk = ta.FAB(model, norm=DIST_NAMES[dist_name], eps=FAB_BIG[dist_name], steps=steps, n_restarts=1,
+                 n_classes=10, seed=seed)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    for r in range(restarts):
+        with torch.no_grad():
+            xa = atk.attack_single_run(x.clone(), y.clone(), use_rand_start=r > 0)
+        v = adv.judge(model, x, y, xa.to(x.dtype), dist_name, math.inf)
+        rad = torch.where(v.misclassified & v.finite, v.distance, torch.full_like(v.distance, math.inf))
+        best = torch.minimum(best, rad)
+    return best, time.perf_counter() - t
+
+
+def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: argparse.Namespace,
+                summary: dict[str, Any]) -> list[str]:
+    n = x.shape[0]
+    log(f"[min] {dist_name}: adv.min_distortion on {n} images")
+    t = time.perf_counter()
+    res = adv.min_distortion(model, x, y, dist_name, seed=args.seed)
+    tp = time.perf_counter() - t
+    # the radius must be what the judge confirms at the returned point
+    v = adv.judge(model, x, y, res.x_adv, dist_name, res.radius)
+    assert bool((v.success == res.success).all()), "min_distortion radius not confirmed by the judge"
+    rows = []
+    found_p = torch.isfinite(res.radius)
+    mean, med = stats(res.radius, found_p)
+    rows.append(["PWCF (adv.min_distortion defaults)", int(found_p.sum()), mean, med, tp / n])
+    note = [f"PWCF status codes {status_hist(res.status)}; mean iterations {float(res.iterations.double().mean()):.0f}."]
+    entry: dict[str, Any] = dict(pwcf_mean=mean, pwcf_time=tp / n)
+    if ta is not None:
+        log(f"[min] {dist_name}: FAB x{args.fab_restarts}")
+        rf, tf = fab_min(model, x, y, dist_name, args.fab_restarts, args.fab_steps, args.seed)
+        found_f = torch.isfinite(rf)
+        mean_f, med_f = stats(rf, found_f)
+        rows.append([f"torchattacks FAB ({args.fab_restarts} runs x {args.fab_steps} steps, min over runs)",
+                     int(found_f.sum()), mean_f, med_f, tf / n])
+        both = found_p & found_f
+        mp, _ = stats(res.radius, both)
+        mf, _ = stats(rf, both)
+        diff = (res.radius - rf)[both]
+        rel = diff / rf[both]
+        note.append(f"on the {int(both.sum())} images both found: PWCF mean {fmt(mp, 5)}, FAB mean {fmt(mf, 5)}, "
+                    f"PWCF/FAB = {fmt(mp / mf if mp and mf else None, 5)}; mean paired difference PWCF - FAB "
+                    f"{fmt(float(diff.mean()) if diff.numel() else None, 4)}; PWCF smaller by > 0.1 % on "
+                    f"{int((rel < -1e-3).sum())} images, larger by > 0.1 % on {int((rel > 1e-3).sum())}.")
+        entry.update(fab_mean=mf, pwcf_mean_both=mp, ratio=(mp / mf if mp and mf else None))
+    else:
+        note.append(f"torchattacks not importable ({TA_ERROR}): no FAB baseline.")
+    summary.setdefault("min", {})[dist_name] = entry
+    head = ["method", "found", "mean radius", "median radius", "s / image"]
+    return [f"### {dist_name}\n", md_table(head, rows)] + [f"- {s}\n" for s in note]
+
+
+def section_perceptual(model: nn.Module, x: Tensor, y: Tensor, eps: float, args: argparse.Namespace,
+                       summary: dict[str, Any]) -> list[str]:
+    n = x.shape[0]
+    feat_model = copy.deepcopy(model).double().eval()
+    dist = adv.Perceptual(adv.classifier_features(feat_model))
+    log(f"[perceptual] eps={eps}: PWCF on {n} images")
+    t = time.perf_counter()
+    res = adv.attack(model, x, y, dist, eps, loss="margin", seed=args.seed)
+    tp = time.perf_counter() - t
+    v = adv.judge(model, x, y, res.x_adv, dist, eps)
+    rows = []
+    viol = int((v.finite & v.misclassified & ~v.within).sum())
+    mean, med = stats(v.distance, v.success)
+    rows.append(["PWCF margin (adv.attack defaults)", int(v.success.sum()), viol, mean, med, tp / n])
+    log(f"[perceptual] LPA-style penalty attack ({args.lpa_phases} x {args.lpa_steps} steps)")
+    t = time.perf_counter()
+    final, best = lpa_penalty(model, dist, x, y, eps, phases=args.lpa_phases, steps=args.lpa_steps, seed=args.seed)
+    tl = time.perf_counter() - t
+    out = {}
+    for name, pts in (("final iterate", final), ("best feasible iterate", best)):
+        vl = adv.judge(model, x, y, pts.to(x.dtype), dist, eps)
+        viol_l = int((vl.finite & vl.misclassified & ~vl.within).sum())
+        mean_l, med_l = stats(vl.distance, vl.success)
+        rows.append([f"LPA-style penalty, {name} ({args.lpa_phases}x{args.lpa_steps} steps)", int(vl.success.sum()),
+                     viol_l, mean_l, med_l, tl / n])
+        out[name] = int(vl.success.sum())
+    summary["perceptual"] = dict(eps=eps, pwcf=int(v.success.sum()), pwcf_viol=viol, lpa=out)
+    head = ["attack", "successes (judged)", "violations", "mean distance (successes)", "median distance", "s / image"]
+    note = [f"distance: adv.Perceptual(adv.classifier_features(float64 copy of the model)), unsquared, bound {eps}; "
+            f"PWCF status codes {status_hist(res.status)}."]
+    return [f"### perceptual, eps = {eps}, {n} images\n", md_table(head, rows)] + [f"- {s}\n" for s in note]
+
+
+def targets_md(summary: dict[str, Any]) -> list[str]:
+    rows = []
+    for d, e in summary.get("max", {}).items():
+        r = e["robust"]
+        base = [k for k in ("apgd-ce", "apgd-margin", "ta-apgd-ce", "ta-apgd-dlr") if k in r]
+        worst = max(r[k] for k in base)
+        best_apgd = min(r[k] for k in base)
+        ok = r["pwcf-margin"] <= best_apgd + 1e-12
+        rows.append([f"{d}: PWCF-margin robust acc <= every APGD", f"PWCF {pct(r['pwcf-margin'])}; APGD " +
+                     ", ".join(f"{k} {pct(r[k])}" for k in base), "met" if ok else "not met"])
+        in_range = 0.3 <= worst <= 0.8 or 0.3 <= best_apgd <= 0.8
+        rows.append([f"{d}: budget gives APGD robust acc in [30 %, 80 %]", f"{pct(best_apgd)} .. {pct(worst)}",
+                     "yes" if in_range else "no"])
+        u_ok = r["union"] < min(r["pwcf-margin"], r["apgd-ce"], r["apgd-margin"])
+        rows.append([f"{d}: union < each of its attacks", f"union {pct(r['union'])}", "met" if u_ok else "not met"])
+    for d, e in summary.get("min", {}).items():
+        if e.get("ratio") is None:
+            continue
+        lim = 1.005 if d == "linf" else 1.0
+        rows.append([f"{d}: PWCF mean radius <= {'1.005 x ' if d == 'linf' else ''}FAB's",
+                     f"PWCF/FAB = {e['ratio']:.4f}", "met" if e["ratio"] <= lim else "not met"])
+    if "perceptual" in summary:
+        p = summary["perceptual"]
+        lpa = max(p["lpa"].values())
+        rows.append(["perceptual: PWCF successes > LPA-style, no PWCF violation",
+                     f"PWCF {p['pwcf']} (violations {p['pwcf_viol']}); LPA best {lpa}",
+                     "met" if p["pwcf"] > lpa and p["pwcf_viol"] == 0 else "not met"])
+    for d, e in summary.get("max", {}).items():
+        for key, label in (("aa_time", "AutoAttack standard as shipped"), ("aa100_time", "AutoAttack at 100 it")):
+            if d in summary.get(key, {}):
+                aa = summary[key][d]
+                rows.append([f"{d}: PWCF s/image <= {label}", f"PWCF {fmt(e['pwcf_time'])} s, AA {fmt(aa)} s",
+                             "met" if e["pwcf_time"] <= aa else "not met"])
+    return ["## Targets\n", md_table(["target", "measured", "verdict"], rows)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, default_out="adv")
+    ap.add_argument("--quick", action="store_true", help="20 images (10 for min / perceptual), 2 FAB runs, "
+                    "1000 Square queries")
+    ap.add_argument("--n", type=int, default=None, help="images attacked (default 100; 20 with --quick)")
+    ap.add_argument("--n-min", type=int, default=None,
+                    help="images of the minimal-distortion section, the first of the --n (default 50; 10 with --quick)")
+    ap.add_argument("--n-perceptual", type=int, default=None,
+                    help="images of the perceptual section, the first of the --n (default 50; 10 with --quick)")
+    ap.add_argument("--model", default="adversarial", choices=["adversarial", "standard"])
+    ap.add_argument("--sections", default="max,min,perceptual")
+    ap.add_argument("--threats", default="linf,l2,l1")
+    ap.add_argument("--eps-linf", type=float, default=0.15)
+    ap.add_argument("--eps-l2", type=float, default=0.75)
+    ap.add_argument("--eps-l1", type=float, default=1.5)
+    ap.add_argument("--eps-perceptual", type=float, default=0.35)
+    ap.add_argument("--fab-restarts", type=int, default=None, help="FAB runs per image (default 5; 2 with --quick)")
+    ap.add_argument("--fab-steps", type=int, default=100)
+    ap.add_argument("--aa-steps", type=int, default=100)
+    ap.add_argument("--square-queries", type=int, default=None, help="default 5000; 1000 with --quick")
+    ap.add_argument("--no-autoattack", action="store_true")
+    ap.add_argument("--lpa-phases", type=int, default=5)
+    ap.add_argument("--lpa-steps", type=int, default=40)
+    args = ap.parse_args()
+    if args.dtype != "float64":
+        ap.error("--dtype: the attacks run in float64 (the model is float32; the solver casts)")
+    args.n = args.n or (20 if args.quick else 100)
+    args.n_min = min(args.n, args.n_min or (10 if args.quick else 50))
+    args.n_perceptual = min(args.n, args.n_perceptual or (10 if args.quick else 50))
+    args.fab_restarts = args.fab_restarts or (2 if args.quick else 5)
+    args.square_queries = args.square_queries or (1000 if args.quick else 5000)
+    device, _ = setup(args)
+    if device.type != "cpu":
+        raise SystemExit("bench_adv.py runs on the CPU (the zoo models are tiny)")
+    t_start = time.perf_counter()
+    model = default_model(args.model)
+    x, y = subset(model, args.n)
+    eps = {"linf": args.eps_linf, "l2": args.eps_l2, "l1": args.eps_l1}
+    secs = [s.strip() for s in args.sections.split(",") if s.strip()]
+    threats = [s.strip() for s in args.threats.split(",") if s.strip()]
+    summary: dict[str, Any] = {}
+    body = [
+        f"Model: `adv.zoo.default_model({args.model!r})` (DigitsCNN, recipe {RECIPE_VERSION}); clean test accuracy "
+        f"{pct(accuracy(model))} on the 360 test images. Attacked: the first {x.shape[0]} correctly classified "
+        "test images (split order). Every success is the verdict of `adv.judge` (float64, clipped point); "
+        "'violations' = returned points the model misclassifies but that lie outside the budget; "
+        "'box violations' = returned points with a pixel outside [0, 1] (the judge clips them).\n",
+    ]
+    if "max" in secs:
+        body.append("## Max-loss attacks (robust accuracy, lower is stronger)\n")
+        for d in threats:
+            body += section_max(model, x, y, d, eps[d], args, summary)
+    if "min" in secs:
+        body.append(f"## Minimal distortion (radius, lower is better; the first {args.n_min} images)\n")
+        for d in ("l2", "l1", "linf"):
+            if d in threats:
+                body += section_min(model, x[: args.n_min], y[: args.n_min], d, args, summary)
+    if "perceptual" in secs:
+        body.append("## Perceptual threat model\n")
+        body += section_perceptual(model, x[: args.n_perceptual], y[: args.n_perceptual], args.eps_perceptual, args,
+                                   summary)
+    body += targets_md(summary)
+    body.append(f"\nScript wall time: {time.perf_counter() - t_start:.0f} s.\n")
+    extra = {"torchattacks": getattr(ta, "__version__", "not importable")}
+    name = "adv_quick" if args.quick else "adv"  # a quick run never overwrites the full results
+    write_results(out_path(args, name, device), "Robustness evaluation: PWCF vs APGD, FAB, AutoAttack, LPA (digits)",
+                  device, body, extra)
+
+
+if __name__ == "__main__":
+    main()
