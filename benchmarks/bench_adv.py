@@ -33,7 +33,7 @@ Sections (``--sections``, default all):
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_adv.py            # full: 100 images (50 for min / perceptual), ~20 min
-    .venv/bin/python benchmarks/bench_adv.py --quick    # 20 images (10), smaller baselines, ~5 min
+    .venv/bin/python benchmarks/bench_adv.py --quick    # 20 images (10), smaller baselines, ~8 min
 
 Results go to ``benchmarks/results/adv_cpu.md`` (``adv_quick_cpu.md`` with ``--quick``) unless
 ``--out`` says otherwise.

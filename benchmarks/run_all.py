@@ -2,7 +2,7 @@
 Markdown results under ``benchmarks/results/`` (or ``--out``).
 
     python benchmarks/run_all.py                 # CPU, modest sizes (about 40 minutes on 2 cores, 25 of them adv)
-    python benchmarks/run_all.py --quick         # smaller sizes (about 10 minutes)
+    python benchmarks/run_all.py --quick         # smaller sizes (about 15 minutes)
     python benchmarks/run_all.py --only qp,overhead
     python benchmarks/run_all.py --device cuda   # sizes for a GPU (see gpu_check.sh)
 
