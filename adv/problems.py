@@ -149,6 +149,8 @@ class _AttackProblem:
         self.evaluations = 0
         #: per-sample rival class ``(B,)`` (``-1``: none), set by the runner for class restarts
         self.rival = torch.full((self.batch_size,), -1, dtype=torch.long, device=x.device)
+        #: slack variables after the image: "none", "t" (one, l-infinity) or "t_vec" (one per pixel, l1)
+        self.slack = "none"
 
     # -- layout -------------------------------------------------------------------------------------
     @property
@@ -157,15 +159,25 @@ class _AttackProblem:
 
     @property
     def n_var(self) -> int:
-        return self.n
+        """Variables per sample: the image plus the slack (``t``: one, ``t_vec``: one per pixel)."""
+        return self.n + {"none": 0, "t": 1, "t_vec": self.n}[self.slack]
 
     def to_image(self, z: Tensor) -> Tensor:
         """The image part ``x'`` of flattened variables ``z (k, n_var)``: ``(k, *image_shape)``."""
         return z[:, : self.n].reshape(z.shape[0], *self.image_shape)
 
     def x0(self, x_start: Tensor, idx: Tensor | None = None) -> Tensor:
-        """Flattened start variables ``(k, n_var)`` for start images ``x_start (k, *image_shape)``."""
-        return x_start.reshape(x_start.shape[0], -1).to(self.x.dtype).clone()
+        """Flattened start variables ``(k, n_var)`` for start images ``x_start (k, *image_shape)``
+        of samples ``idx`` (default all); a slack starts at the start point's ``|delta|``."""
+        k = x_start.shape[0]
+        xs = x_start.reshape(k, -1).to(self.x.dtype)
+        if self.slack == "none":
+            return xs.clone()
+        idx = torch.arange(k, device=xs.device) if idx is None else idx
+        delta = (xs - self.x[idx].reshape(k, -1)).abs()
+        if self.slack == "t":
+            return torch.cat([xs, delta.amax(dim=1, keepdim=True)], dim=1)
+        return torch.cat([xs, delta], dim=1)
 
     def rows(self, rows: Tensor) -> _Rows:
         """This problem on the batch positions ``rows`` only (for solves on a compacted subset)."""
@@ -249,6 +261,7 @@ class MaxLossProblem(_AttackProblem):
         super().__init__(model, x, y, distance, target=target, box=box, folding=folding, clamp_grad=clamp_grad,
                          box_normalise=box_normalise)
         self.l1_slack = bool(l1_slack)
+        self.slack = "t_vec" if self.l1_slack else "none"
         if self.l1_slack and _p_of(self.distance) != 1.0:
             raise ValueError(f"l1_slack=True needs the l1 distance, got {self.distance!r}")
         if loss not in LOSSES:
@@ -274,10 +287,6 @@ class MaxLossProblem(_AttackProblem):
             self.clip = None
 
     @property
-    def n_var(self) -> int:
-        return 2 * self.n if self.l1_slack else self.n
-
-    @property
     def constraint_names(self) -> list[str]:
         names = ["distance"]
         if self.l1_slack:
@@ -285,14 +294,6 @@ class MaxLossProblem(_AttackProblem):
         if self.box in ("fold", "both"):
             names.append("box")
         return names
-
-    def x0(self, x_start: Tensor, idx: Tensor | None = None) -> Tensor:
-        k = x_start.shape[0]
-        xs = x_start.reshape(k, -1).to(self.x.dtype)
-        if not self.l1_slack:
-            return xs.clone()
-        idx = torch.arange(k, device=xs.device) if idx is None else idx
-        return torch.cat([xs, (xs - self.x[idx].reshape(k, -1)).abs()], dim=1)
 
     def objective(self, logits: Tensor, idx: Tensor) -> Tensor:
         if self.loss_name == "margin":
@@ -365,10 +366,6 @@ class MinDistortionProblem(_AttackProblem):
         self.margin_offset = float(margin_offset)
 
     @property
-    def n_var(self) -> int:
-        return self.n + {"none": 0, "t": 1, "t_vec": self.n}[self.slack]
-
-    @property
     def constraint_names(self) -> list[str]:
         names = ["misclassification"]
         if self.slack != "none":
@@ -376,17 +373,6 @@ class MinDistortionProblem(_AttackProblem):
         if self.box in ("fold", "both"):
             names.append("box")
         return names
-
-    def x0(self, x_start: Tensor, idx: Tensor | None = None) -> Tensor:
-        k = x_start.shape[0]
-        xs = x_start.reshape(k, -1).to(self.x.dtype)
-        if self.slack == "none":
-            return xs.clone()
-        idx = torch.arange(k, device=xs.device) if idx is None else idx
-        delta = (xs - self.x[idx].reshape(k, -1)).abs()
-        if self.slack == "t":
-            return torch.cat([xs, delta.amax(dim=1, keepdim=True)], dim=1)
-        return torch.cat([xs, delta], dim=1)
 
     def slack_of(self, z: Tensor) -> Tensor:
         """The slack part of ``z``: ``(k, 1)`` for l-infinity, ``(k, n)`` for the l1 epigraph."""
