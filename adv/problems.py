@@ -117,14 +117,28 @@ def _p_of(distance: Distance) -> float | None:
 
 
 class _Rows:
-    """``problem`` restricted to batch positions ``rows``: ``fn(z, idx) = problem(z, rows[idx])``."""
+    """``problem`` restricted to batch positions ``rows``: ``fn(z, idx) = problem(z, rows[idx])``.
 
-    def __init__(self, problem: _AttackProblem, rows: Tensor) -> None:
+    ``rows`` may repeat a position (several runs of one sample solved side by side); ``rival``
+    ``(k,)`` optionally gives each solver row its own rival class (``-1``: none), overriding
+    ``problem.rival`` for the duration of the call.
+    """
+
+    def __init__(self, problem: _AttackProblem, rows: Tensor, rival: Tensor | None = None) -> None:
         self.problem = problem
         self.rows_ = rows
+        self.rival_ = rival
 
     def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, None]:
-        return self.problem(z, self.rows_.to(idx.device)[idx])
+        pos = self.rows_.to(idx.device)[idx]
+        if self.rival_ is None:
+            return self.problem(z, pos)
+        prev = self.problem._row_rival
+        self.problem._row_rival = self.rival_.to(idx.device)[idx]
+        try:
+            return self.problem(z, pos)
+        finally:
+            self.problem._row_rival = prev
 
 
 class _AttackProblem:
@@ -149,6 +163,8 @@ class _AttackProblem:
         self.evaluations = 0
         #: per-sample rival class ``(B,)`` (``-1``: none), set by the runner for class restarts
         self.rival = torch.full((self.batch_size,), -1, dtype=torch.long, device=x.device)
+        #: per-row rival classes of the call in progress (set by :class:`_Rows`), or None
+        self._row_rival: Tensor | None = None
         #: slack variables after the image: "none", "t" (one, l-infinity) or "t_vec" (one per pixel, l1)
         self.slack = "none"
 
@@ -179,9 +195,10 @@ class _AttackProblem:
             return torch.cat([xs, delta.amax(dim=1, keepdim=True)], dim=1)
         return torch.cat([xs, delta], dim=1)
 
-    def rows(self, rows: Tensor) -> _Rows:
-        """This problem on the batch positions ``rows`` only (for solves on a compacted subset)."""
-        return _Rows(self, rows)
+    def rows(self, rows: Tensor, rival: Tensor | None = None) -> _Rows:
+        """This problem on the batch positions ``rows`` only (for solves on a compacted subset;
+        positions may repeat), optionally with a rival class ``rival (k,)`` per row."""
+        return _Rows(self, rows, rival)
 
     # -- pieces -------------------------------------------------------------------------------------
     def _model_input(self, xp: Tensor) -> Tensor:
@@ -209,7 +226,7 @@ class _AttackProblem:
         m = margin(logits, self.y[idx], self._targets(idx))
         if self.target is not None:
             return m
-        riv = self.rival.to(idx.device)[idx]
+        riv = self._row_rival if self._row_rival is not None else self.rival.to(idx.device)[idx]
         has = riv >= 0
         if not bool(has.any()):
             return m

@@ -5,8 +5,12 @@ sections 2.2-2.5, with the pitfalls of 1.8 fixed):
 
 1. **Restarts** ``r = 0 .. R-1``, each one batched solve over the samples that still need it
    (max-loss: those without a verified success; min-distortion: all attacked samples). Only these
-   rows are gathered (compaction); the problem is called through ``problem.rows(rows)``, which maps
-   the solver's ``idx`` back to the original batch positions.
+   rows are gathered (compaction); the problem is called through ``problem.rows(rows, rival)``,
+   which maps the solver's ``idx`` back to the original batch positions. With
+   ``parallel_restarts = P > 1`` several restarts are solved side by side in one batched solve
+   (max-loss: restart 0 alone, then the others P at a time; min-distortion: P at a time): the
+   sample positions are repeated, a sample's rows stop together at its first verified success,
+   and the results are merged in restart order as if the restarts had run one after the other.
 
    * max-loss start: ``x + delta`` with ``delta`` uniform in the eps-ball (exact samplers for every
      lp, ``p > 0``), clipped to the box (clipping keeps an lp ball point inside the ball); for l1,
@@ -53,6 +57,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -438,6 +443,14 @@ class _Halt:
                               torch.full((k,), -math.inf, dtype=torch.float64, device=rows.device))
         self.budget_hit = torch.zeros(k, dtype=torch.bool, device=rows.device)
         self.calls = 0
+        # samples with a verified success (rows of one sample solved side by side stop together)
+        self.solved = torch.zeros(ctx.x64.shape[0], dtype=torch.bool, device=rows.device)
+
+    def part(self, sl: slice) -> SimpleNamespace:
+        """The per-row records of solver rows ``sl``."""
+        b = self.best
+        return SimpleNamespace(best=Candidate(b.x[sl], b.success[sl], b.distance[sl], b.margin[sl]),
+                               budget_hit=self.budget_hit[sl])
 
     def __call__(self, info: Any) -> Tensor:
         self.calls += 1
@@ -461,7 +474,8 @@ class _Halt:
                 self.best.distance[uw] = c.distance[w]
                 self.best.margin[uw] = c.margin[w]
             if self.stop_on_success:
-                stop[u] = c.success
+                stop[u] = c.success | self.solved[r]
+                self.solved[r[c.success]] = True
         if self.budget is not None:
             over = upd & running & ~stop & (info.iteration.to(self.rows.device) >= self.budget)
             self.budget_hit |= over
@@ -492,27 +506,41 @@ class RunOutput:
     seconds: float
 
 
-def _tree_rows(state: Any, rows: Tensor) -> Any:
-    return type(state)(*(t[rows] for t in state))
+def _tree_rows(state: Any, rows: Any) -> Any:
+    return type(state)(*(None if t is None else t[rows] for t in state))
+
+
+def _result_rows(res: Any, sl: slice) -> Any:
+    """The parts of a :class:`ncvx_core.SolveResult` the protocol reads, restricted to rows ``sl``."""
+    H = res.H_final
+    return SimpleNamespace(final=SimpleNamespace(x=res.final.x[sl], mu=res.final.mu[sl]),
+                           best=SimpleNamespace(x=res.best.x[sl]), status=res.status[sl], iters=res.iters[sl],
+                           memory_plan=res.memory_plan,
+                           H_final=_tree_rows(H, sl) if isinstance(H, (LBFGSState, BFGSState)) else H)
 
 
 def _store_rows(store: Any, rows: Tensor, part: Any, B: int) -> Any:
     """Write the rows of a (NamedTuple) H state into a batch-B store (created on first use).
     Returns None when the layouts do not match (e.g. the memory planner changed the storage)."""
     if store is None:
-        store = type(part)(*(torch.zeros((B, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in part))
-    if type(store) is not type(part) or any(s.shape[1:] != p.shape[1:] for s, p in zip(store, part, strict=True)):
+        store = type(part)(*(None if t is None else torch.zeros((B, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                             for t in part))
+    if type(store) is not type(part) or any((s is None) != (p is None) or (s is not None and s.shape[1:] != p.shape[1:])
+                                            for s, p in zip(store, part, strict=True)):
         return None
     for s, p in zip(store, part, strict=True):
-        s[rows] = p
+        if s is not None:
+            s[rows] = p
     return store
 
 
 class _Protocol:
     def __init__(self, problem: Any, ctx: CheckContext, active: Tensor, *, kind: str, restarts: int,
                  restart_maxit: int, maxit: int, time_limit: float | None, seed: int, init: str,
-                 init_scale: float, solver_options: dict[str, Any], class_restarts: int = 0) -> None:
+                 init_scale: float, solver_options: dict[str, Any], class_restarts: int = 0,
+                 parallel_restarts: int = 1) -> None:
         self.problem = problem
+        self.parallel = max(1, int(parallel_restarts))
         self.ctx = ctx
         self.kind = kind
         self.B = problem.batch_size
@@ -565,13 +593,19 @@ class _Protocol:
         return self.order[rows, r]
 
     def _solve(self, rows: Tensor, z0: Tensor, options: SolverOptions, rival: Tensor | None) -> Any:
-        if rival is None:
-            return solve(self.problem.rows(rows), z0, options)
-        self.problem.rival[rows] = rival.to(self.problem.rival.device)
-        try:
-            return solve(self.problem.rows(rows), z0, options)
-        finally:
-            self.problem.rival[rows] = -1
+        """One batched solve on the solver rows ``rows`` (sample positions, possibly repeated),
+        with a rival class per row (``-1``: none) or None."""
+        return solve(self.problem.rows(rows, rival), z0, options)
+
+    def _groups(self) -> list[list[int]]:
+        """Restarts solved side by side: max-loss runs restart 0 alone (most breakable samples
+        break there), then the others ``parallel_restarts`` at a time; min-distortion runs every
+        restart, ``parallel_restarts`` at a time."""
+        rs = list(range(self.restarts))
+        head: list[list[int]] = []
+        if self.kind == "max" and self.parallel > 1 and rs:
+            head, rs = [[0]], rs[1:]
+        return head + [rs[i:i + self.parallel] for i in range(0, len(rs), self.parallel)]
 
     # -- helpers -----------------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -652,32 +686,47 @@ class _Protocol:
 
     def run(self) -> RunOutput:
         label = "max-loss" if self.kind == "max" else "min-distortion"
-        for r in range(self.restarts):
+        for group in self._groups():
             todo = self._todo_restart()
             rows = torch.nonzero(todo).flatten()
             if rows.numel() == 0:
                 break
             if self.remaining() <= 0:
-                logger.info("PWCF %s: time limit reached before restart %d", label, r)
+                logger.info("PWCF %s: time limit reached before restart %d", label, group[0])
                 break
-            if self.kind == "max":
-                xs = _start_max(self.ctx, rows, r, self.seed, self.init)
-            else:
-                xs = _start_min(self.ctx, rows, r, self.seed, self.init, self.init_scale)
-            z0 = self.problem.x0(xs.to(self.problem.x.dtype), rows)
-            halt = _Halt(self.ctx, self.problem, rows, stop_on_success=self.kind == "max", budget=None,
+            k = rows.numel()
+            z0s, rivals = [], []
+            for r in group:
+                if self.kind == "max":
+                    xs = _start_max(self.ctx, rows, r, self.seed, self.init)
+                else:
+                    xs = _start_min(self.ctx, rows, r, self.seed, self.init, self.init_scale)
+                z0s.append(self.problem.x0(xs.to(self.problem.x.dtype), rows))
+                rivals.append(self._rival(r, rows))
+            # the restarts of the group side by side: solver row j * k + i is restart group[j] of sample rows[i]
+            rows_g = rows.repeat(len(group))
+            z0 = torch.cat(z0s, dim=0)
+            rival_g = None
+            if any(rv is not None for rv in rivals):
+                rival_g = torch.cat([torch.full((k,), -1, dtype=torch.long, device=rows.device) if rv is None
+                                     else rv.to(rows.device) for rv in rivals])
+            halt = _Halt(self.ctx, self.problem, rows_g, stop_on_success=self.kind == "max", budget=None,
                          repair=self.kind == "max")
             t = time.monotonic()
-            rival = self._rival(r, rows)
-            res = self._solve(rows, z0, self._options(self.restart_maxit, halt), rival)
-            self.restarts_used[rows] += 1
-            self.iterations[rows] += res.iters.to(self.dev)
-            cand = self._candidates(rows, res, halt)
-            self._absorb(rows, cand, res, halt, continuation=False, rival=rival)
-            logger.info("PWCF %s restart %d%s: %d samples, %.2f s, mean iterations %.1f; verified so far %d/%d",
-                        label, r, "" if rival is None else f" (runner-up class of rank {r})", rows.numel(),
-                        time.monotonic() - t, float(res.iters.double().mean()),
-                        int((self.best.success & self.active).sum()), int(self.active.sum()))
+            res = self._solve(rows_g, z0, self._options(self.restart_maxit, halt), rival_g)
+            self.restarts_used[rows] += len(group)
+            self.iterations.index_add_(0, rows_g, res.iters.to(self.dev))
+            for j in range(len(group)):  # merged in restart order, as if they had run one after the other
+                sl = slice(j * k, (j + 1) * k)
+                res_j, halt_j = _result_rows(res, sl), halt.part(sl)
+                cand = self._candidates(rows, res_j, halt_j)
+                self._absorb(rows, cand, res_j, halt_j, continuation=False, rival=rivals[j])
+            names = ", ".join(f"{r}" + ("" if rivals[j] is None else f" (runner-up class of rank {r})")
+                              for j, r in enumerate(group))
+            logger.info("PWCF %s restart%s %s: %d samples, %.2f s, mean iterations %.1f; verified so far %d/%d",
+                        label, "s" if len(group) > 1 else "", names, k, time.monotonic() - t,
+                        float(res.iters.double().mean()), int((self.best.success & self.active).sum()),
+                        int(self.active.sum()))
         self._continue(label)
         return RunOutput(self.best.x, self.best.success & self.active, self.best.distance, self.best.margin,
                          self.status, self.iterations, self.restarts_used, self.continued,
@@ -725,23 +774,25 @@ class _Protocol:
 
 def run_max_loss(problem: MaxLossProblem, ctx: CheckContext, active: Tensor, *, restarts: int, restart_maxit: int,
                  maxit: int, time_limit: float | None = None, seed: int = 0, init: str = "blend",
-                 solver_options: dict[str, Any] | None = None, class_restarts: int = 0) -> RunOutput:
+                 solver_options: dict[str, Any] | None = None, class_restarts: int = 0,
+                 parallel_restarts: int = 1) -> RunOutput:
     """Run the max-loss protocol (module docstring) on the samples where ``active``."""
     opts = merge_solver_options("max", solver_options)
     return _Protocol(problem, ctx, active, kind="max", restarts=restarts, restart_maxit=restart_maxit, maxit=maxit,
                      time_limit=time_limit, seed=seed, init=init, init_scale=0.0, solver_options=opts,
-                     class_restarts=class_restarts).run()
+                     class_restarts=class_restarts, parallel_restarts=parallel_restarts).run()
 
 
 def run_min_distortion(problem: MinDistortionProblem, ctx: CheckContext, active: Tensor, *, restarts: int,
                        restart_maxit: int, maxit: int, time_limit: float | None = None, seed: int = 0,
                        init: str = "blend", init_scale: float = 0.01,
-                       solver_options: dict[str, Any] | None = None, class_restarts: int = 0) -> RunOutput:
+                       solver_options: dict[str, Any] | None = None, class_restarts: int = 0,
+                       parallel_restarts: int = 1) -> RunOutput:
     """Run the min-distortion protocol (module docstring) on the samples where ``active``."""
     opts = merge_solver_options("min", solver_options)
     return _Protocol(problem, ctx, active, kind="min", restarts=restarts, restart_maxit=restart_maxit, maxit=maxit,
                      time_limit=time_limit, seed=seed, init=init, init_scale=init_scale,
-                     solver_options=opts, class_restarts=class_restarts).run()
+                     solver_options=opts, class_restarts=class_restarts, parallel_restarts=parallel_restarts).run()
 
 
 def refine_radius(ctx: CheckContext, rows: Tensor, x_adv: Tensor, steps: int) -> Tensor:

@@ -255,6 +255,10 @@ class _Solver:
         self.x0 = x0.reshape(self.B, self.n)
         self.ev = Evaluator(problem, self.shape, self.B, dtype, device, user_gradients=not o.globalAD,
                             jacobian=o.jacobian)
+        if self.B > 1 and not self.ev.accepts_idx:
+            logger.info("the problem function has no idx= parameter: every evaluation runs all %d rows, finished "
+                        "problems and line-search rounds included; accept idx= to evaluate only the rows in use "
+                        "(docs/batching.md)", self.B)
         self.qp = _WithFallback(get_qp_solver(qp if qp is not None else o.QPsolver))
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)

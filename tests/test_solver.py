@@ -1329,3 +1329,23 @@ def test_output_on_another_device_is_rejected():
 
     with pytest.raises(ProblemDefinitionError, match="is on device cpu"):
         solve(fn, a1_x0(2).cuda(), opts())
+
+
+def test_plain_function_gets_a_hint_about_idx(caplog):
+    import logging
+
+    def plain(x):
+        return (x ** 2).sum(1), None, None
+
+    def with_idx(x, idx):
+        return (x ** 2).sum(1), None, None
+
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    with caplog.at_level(logging.INFO, logger="ncvx_core"):
+        solve(plain, x0, SolverOptions(print_level=0, maxit=3))
+    assert any("no idx= parameter" in r.message and "all 3 rows" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ncvx_core"):
+        solve(with_idx, x0, SolverOptions(print_level=0, maxit=3))
+        solve(plain, x0[:1], SolverOptions(print_level=0, maxit=3))  # one problem: nothing to skip
+    assert not any("no idx= parameter" in r.message for r in caplog.records)

@@ -182,29 +182,31 @@ def test_sparse_l1_start_is_sparse_in_the_ball_and_the_box():
     assert torch.equal(s, sparse_l1_start(x, eps, torch.Generator().manual_seed(1)))
 
 
-def test_runner_resets_rivals_and_keeps_the_rival_of_the_continued_restart():
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_runner_passes_rivals_per_row_and_never_mutates_the_problem(parallel):
     from adv.runner import run_min_distortion
 
     model, x, y = _three_class()
     p = MinDistortionProblem(model, x, y, "l2", box="none")
     ctx = CheckContext(model, x, y, None, adv.Lp(2.0), torch.full((2,), math.inf, dtype=D))
     seen: list[torch.Tensor] = []
-    real_rows = p.rows  # the runner solves p.rows(rows): record the rivals each call sees
+    real_rows = p.rows  # the runner solves p.rows(rows, rival): record the rival each solver row sees
 
-    def rows(r):
-        inner = real_rows(r)
+    def rows(r, rival=None):
+        inner = real_rows(r, rival)
 
         def fn(z, idx):
-            seen.append(p.rival[r[idx]].clone())
+            seen.append(torch.full_like(idx, -1) if rival is None else rival[idx].clone())
             return inner(z, idx)
 
         return fn
 
     p.rows = rows
     out = run_min_distortion(p, ctx, torch.ones(2, dtype=torch.bool), restarts=2, restart_maxit=40, maxit=200,
-                             class_restarts=1)
+                             class_restarts=1, parallel_restarts=parallel)
     assert out.success.all()
-    assert torch.equal(p.rival, torch.full((2,), -1))  # reset after every solve
+    assert torch.equal(p.rival, torch.full((2,), -1))  # the per-sample rivals are never written
+    assert p._row_rival is None  # the per-call override is cleared
     vals = {int(v) for t in seen for v in t.tolist()}
     assert vals == {-1, 2}  # restart 0 untargeted, restart 1 against the rank-1 runner-up (class 2)
 
@@ -226,3 +228,57 @@ def test_vertex_linf_start_is_a_clipped_vertex():
     assert (d.abs() <= e + 1e-12).all()
     # both signs occur
     assert (d > 0).any() and (d < 0).any()
+
+
+def test_parallel_restarts_groups_and_sibling_stop(caplog):
+    from adv.runner import _Protocol
+
+    model, x, y = _three_class()
+    # restart 0 alone, then restarts 1 (class-2 rival, reachable at 0.15) and 2 side by side
+    with caplog.at_level(logging.INFO, logger="adv"):
+        res = adv.attack(model, x, y, "l2", 0.15, restarts=3, class_restarts=1, parallel_restarts=2, maxit=60,
+                         restart_maxit=60)
+    assert res.success.all(), res.verdict.reason
+    assert (res.distance <= 0.15 * (1 + 1e-6)).all()
+    assert torch.equal(model(res.x_adv).argmax(1), torch.full((2,), 2))
+    assert torch.equal(res.restarts_used, torch.full((2,), 3))
+    assert any("restarts 1 (runner-up class of rank 1), 2" in r.message for r in caplog.records)
+    # the same answer one restart after the other
+    seq = adv.attack(model, x, y, "l2", 0.15, restarts=3, class_restarts=1, parallel_restarts=1, maxit=60,
+                     restart_maxit=60)
+    assert seq.success.all()
+    assert torch.equal(seq.restarts_used, torch.full((2,), 2))  # restart 2 never ran
+    with pytest.raises(ValueError, match="parallel_restarts"):
+        adv.attack(model, x, y, "l2", 0.15, parallel_restarts=0)
+
+    def groups(kind, restarts, parallel):
+        p = _Protocol.__new__(_Protocol)
+        p.kind, p.restarts, p.parallel = kind, restarts, parallel
+        return p._groups()
+
+    assert groups("max", 5, 4) == [[0], [1, 2, 3, 4]]
+    assert groups("max", 5, 1) == [[0], [1], [2], [3], [4]]
+    assert groups("min", 3, 4) == [[0, 1, 2]]
+    assert groups("min", 5, 2) == [[0, 1], [2, 3], [4]]
+
+
+def test_halt_stops_the_sibling_rows_of_a_solved_sample():
+    from types import SimpleNamespace
+
+    from adv.runner import _Halt
+
+    model, x, y = _three_class()
+    p = MaxLossProblem(model, x, y, "l2", torch.full((2,), 0.5, dtype=D), box="none")
+    ctx = CheckContext(model, x, y, None, adv.Lp(2.0), torch.full((2,), 0.5, dtype=D))
+    rows = torch.tensor([0, 1, 0, 1])  # two runs of each sample side by side
+    halt = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True)
+    adv_pt = x.clone()
+    adv_pt[:, 1] += 0.15  # past the class-2 boundary (radius 0.1)
+    pts = torch.stack([adv_pt[0], x[1], x[0], x[1]])
+    info = SimpleNamespace(updated=torch.tensor([True, True, False, False]), status=torch.full((4,), -1),
+                           x=pts, iteration=torch.ones(4, dtype=torch.long))
+    stop = halt(info)
+    assert stop.tolist() == [True, False, False, False]
+    info.updated = torch.tensor([False, False, True, True])  # row 2 (sample 0) updates later, not adversarial
+    stop = halt(info)
+    assert stop.tolist() == [False, False, True, False]  # stopped: its sample is already solved
