@@ -80,9 +80,15 @@ def reference(data, tmp_path_factory) -> Path:
     return out
 
 
+def _default_sigint() -> None:
+    # a test session started in the background of a non-interactive shell inherits an ignored
+    # SIGINT, and Python then installs no KeyboardInterrupt handler: give the child the default
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "adv", *args], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_records(proc: subprocess.Popen, out: Path, at_least: int, timeout: float = 120.0) -> None:
