@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimal-distortion restarts per sample (default: %(default)s); e.g. --min-restarts 1")
     g.add_argument("--min-maxit", type=_positive_int, default=500, metavar="K",
                    help="minimal-distortion iteration cap per sample (default: %(default)s); e.g. --min-maxit 200")
+    g.add_argument("--parallel-restarts", type=_positive_int, default=4, metavar="P",
+                   help="PWCF restarts solved side by side in one batched solve, attacks (after restart 0) and "
+                        "minimal distortion (default: %(default)s; 1 runs them one after the other, the least "
+                        "compute and memory on large models); e.g. --parallel-restarts 1")
     g.add_argument("--apgd-iter", type=_positive_int, default=100, metavar="K",
                    help="APGD iterations per restart (default: %(default)s, as AutoAttack); e.g. --apgd-iter 50")
     g.add_argument("--apgd-restarts", type=_positive_int, default=1, metavar="R",
@@ -817,7 +821,7 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "restarts": args.restarts, "maxit": args.maxit, "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "apgd_iter": args.apgd_iter,
         "apgd_restarts": args.apgd_restarts, "box": args.box, "examples": args.examples, "dtype": args.dtype,
-        "device": str(device), "world_size": d.world, "threads": args.threads,
+        "parallel_restarts": args.parallel_restarts, "device": str(device), "world_size": d.world, "threads": args.threads,
         "versions": _versions(), "command": shlex.join([PROG, *args.argv]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
@@ -924,9 +928,11 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
         eps=ctx["eps"], attacks=ctx["attacks"], min_distortion=settings["min_distortion"],
         apgd_iter=settings["apgd_iter"], apgd_restarts=settings["apgd_restarts"], examples=settings["examples"],
         pwcf=dict(restarts=settings["restarts"], maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
-                  box=settings["box"], dtype=getattr(torch, settings["dtype"])),
+                  box=settings["box"], dtype=getattr(torch, settings["dtype"]),
+                  parallel_restarts=settings["parallel_restarts"]),
         min=dict(restarts=settings["min_restarts"], maxit=settings["min_maxit"],
-                 restart_maxit=settings["restart_maxit"], box=settings["box"], dtype=getattr(torch, settings["dtype"])),
+                 restart_maxit=settings["restart_maxit"], box=settings["box"], dtype=getattr(torch, settings["dtype"]),
+                 parallel_restarts=settings["parallel_restarts"]),
     )
     m64 = model_as(model, torch.float64)
     progress = _Progress(ctx["eps"], settings["min_distortion"])

@@ -54,8 +54,10 @@ RESULT_KEYS = (
     "model_fingerprint", "data_fingerprint", "num_samples", "input_shape",
     "num_classes", "threat", "eps", "attacks", "min_distortion", "n", "batch_size", "seed", "restarts",
     "maxit", "restart_maxit", "min_restarts", "min_maxit", "apgd_iter", "apgd_restarts", "box",
-    "examples", "dtype",
+    "examples", "dtype", "parallel_restarts",
 )
+#: values of result keys added after a run format was first written (what older runs used)
+_LEGACY_DEFAULTS: dict[str, Any] = {"parallel_restarts": 1}
 
 
 def rank_file(out_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -248,7 +250,7 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     out = []
     new_j = json.loads(json.dumps(jsonable(new)))  # the form it takes in settings.json
     for k in RESULT_KEYS:
-        a, b = old.get(k), new_j.get(k)
+        a, b = old.get(k, _LEGACY_DEFAULTS.get(k)), new_j.get(k)
         if a != b:
             out.append(f"{k}: {json.dumps(a)} there, {json.dumps(b)} now")
     return out

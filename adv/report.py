@@ -190,6 +190,7 @@ _SETTING_ROWS = (
     ("minimal distortion (--min-distortion)", "min_distortion"),
     ("PWCF restarts / maxit / restart maxit", ("restarts", "maxit", "restart_maxit")),
     ("min-distortion restarts / maxit", ("min_restarts", "min_maxit")),
+    ("PWCF restarts side by side (--parallel-restarts)", "parallel_restarts"),
     ("APGD iterations / restarts", ("apgd_iter", "apgd_restarts")), ("box (--box)", "box"),
     ("solver dtype (--dtype)", "dtype"), ("batch size (--batch-size)", "batch_size"), ("seed (--seed)", "seed"),
     ("device (--device)", "device"), ("processes (torchrun)", "world_size"), ("started", "started"),

@@ -340,6 +340,11 @@ def test_settings_mismatch_names_the_keys():
     diff = rec_io.settings_mismatch(old, new)
     assert any(d.startswith("eps:") for d in diff) and any(d.startswith("seed:") for d in diff)
     assert not any(d.startswith("device") for d in diff)
+    # a run written before --parallel-restarts existed ran its restarts one after the other
+    legacy = {k: v for k, v in old.items() if k != "parallel_restarts"}
+    assert rec_io.settings_mismatch(legacy, old) == []
+    assert [d.split(":")[0] for d in rec_io.settings_mismatch(legacy, dict(old, parallel_restarts=4))] == [
+        "parallel_restarts"]
 
 
 def test_batch_seed_depends_on_seed_and_first_index_only():
