@@ -73,13 +73,15 @@ from ncvx_core.hessian import BFGSState, LBFGSState
 __all__ = [
     "RunOutput", "CheckContext", "default_solver_options", "run_max_loss", "run_min_distortion",
     "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "adapt_distance", "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
-    "DEFAULT_LINESEARCH_MAXIT",
+    "DEFAULT_LINESEARCH_MAXIT", "DEFAULT_NGRAD",
 ]
 
 logger = logging.getLogger("adv")
 
 #: L-BFGS memory of the default solver options (see :func:`default_solver_options`).
 DEFAULT_LIMITED_MEM = 20
+#: neighbourhood gradient samples of the stationarity measure (see :func:`default_solver_options`)
+DEFAULT_NGRAD = 1
 #: evaluations per line search of the default solver options, per problem kind
 DEFAULT_LINESEARCH_MAXIT = {"max": 20, "min": 30}
 #: ``status`` of a sample the solver was not run on (already adversarial, or out of time).
@@ -118,6 +120,17 @@ def default_solver_options(kind: str) -> dict[str, Any]:
       radii, cap 30 the same mean radius as no cap (30 images, 1.010 x FAB's both) in 0.6x the
       time. A search that hits the cap fails like a bracketing failure (fallback to the next
       direction, then status 6/7).
+    * ``ngrad = 1``: the stationarity measure uses the current gradients only (with the
+      constraint multipliers, so a smooth KKT point is still recognised); GRANSO's default keeps
+      up to ``min(100, 2n, n + 10)`` neighbourhood samples. The measure only decides termination
+      (code 0): it never changes a trajectory (``tests/test_solver.py::
+      test_ngrad_only_changes_termination``). No PWCF run on the digits benchmark (``benchmarks/bench_adv.py``) ended with code 0 at the
+      default either (they end on a verified success, the iteration cap or a line-search
+      failure), while the sample QPs cost up to half of a minimal-distortion run: on 10 digits
+      images the same radii came 1.85x faster in l1 (12.2 to 6.6 s per image) and 1.3x faster in
+      l-infinity (10.6 to 8.1 s), and the l2 attack on 100 images took 0.50 instead of 0.78 s per
+      image with the same robust accuracy. The gradient cache also stops costing memory
+      (``ngrad (1 + p + q) n`` numbers per sample).
     * ``print_level = 0`` (progress goes to the ``adv`` logger).
     """
     if kind not in ("max", "min"):
@@ -125,7 +138,7 @@ def default_solver_options(kind: str) -> dict[str, Any]:
     tol = 1e-6 if kind == "max" else 1e-8
     cap = DEFAULT_LINESEARCH_MAXIT[kind]
     return dict(limited_mem_size=DEFAULT_LIMITED_MEM, opt_tol=tol, viol_ineq_tol=tol, print_level=0,
-                linesearch_maxit=cap)
+                linesearch_maxit=cap, ngrad=DEFAULT_NGRAD)
 
 
 def merge_solver_options(kind: str, user: dict[str, Any] | None) -> dict[str, Any]:

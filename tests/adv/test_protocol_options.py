@@ -282,3 +282,10 @@ def test_halt_stops_the_sibling_rows_of_a_solved_sample():
     info.updated = torch.tensor([False, False, True, True])  # row 2 (sample 0) updates later, not adversarial
     stop = halt(info)
     assert stop.tolist() == [False, False, True, False]  # stopped: its sample is already solved
+
+
+def test_default_stationarity_samples():
+    from adv.runner import DEFAULT_NGRAD
+
+    for kind in ("max", "min"):
+        assert default_solver_options(kind)["ngrad"] == DEFAULT_NGRAD == 1
