@@ -129,11 +129,12 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
         parallel_restarts: restarts solved side by side in one batched solve (restart 0 runs
             alone first; then restarts ``1 ..`` in groups of this size; 1: one after the other).
             A sample's restarts in one group stop together at its first verified success; the
-            results are merged in restart order, as if they had run one after the other. On the
-            digits CNN (100 images, 5 restarts, 2-core CPU) 4 took 0.64 / 0.76 / 0.88 s per image
-            at l-infinity / l2 / l1 where 1 took 0.75 / 1.06 / 1.16 s, with robust accuracy within
-            one image: a solve's cost on small batches is mostly per-iteration overhead, which the
-            side-by-side restarts share.
+            results are merged in restart order, as if they had run one after the other.
+            ``benchmarks/bench_adv.py`` (digits CNN, 100 images, 5 restarts, 2-core CPU) recorded
+            0.586 / 0.78 / 0.94 s per image at l-infinity / l2 / l1 with 4, against 0.737 / 1.03 /
+            1.17 s one after the other, with robust accuracy within one image
+            (``benchmarks/results/adv_cpu.md`` at commits 209b0af and 8488d33): a solve's cost on
+            small batches is mostly per-iteration overhead, which the side-by-side restarts share.
         dtype: solver precision (float64 default, as the authors; the model is copied and cast if
             needed). The judge always works in float64.
         solver_options: overrides of :func:`adv.runner.default_solver_options` (any
@@ -211,9 +212,11 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
         refine_steps: bisection steps along ``[x, x_adv]`` after the solve (never increases the
             radius; 0 disables).
         parallel_restarts: restarts solved side by side in one batched solve, in groups of this
-            size (default 4: the 3 default restarts run together; 1: one after the other). On the
-            digits CNN (20 images, l-infinity) 3 restarts side by side took 6.3 s per image instead
-            of 8.7 s, with the same radii.
+            size (default 4: the 3 default restarts run together; 1: one after the other).
+            ``benchmarks/bench_adv.py`` recorded the same radii in 1.51 / 7.51 / 5.58 s per image
+            (l2 / l1 / l-infinity) against 2.1 / 7.43 / 5.77 s one after the other
+            (``benchmarks/results/adv_cpu.md`` at commits 209b0af and 8488d33): most of a
+            minimal-distortion run is the continuation of the selected restart, which runs alone.
         class_restarts: restarts ``1 .. class_restarts`` use the constraint ``z_r - z_y >= offset``
             for the runner-up class ``r`` of that rank at the clean input instead of the max over
             classes (untargeted only; capped at K - 2). The misclassified set is the union of these

@@ -126,10 +126,11 @@ def default_solver_options(kind: str) -> dict[str, Any]:
       (code 0): it never changes a trajectory (``tests/test_solver.py::
       test_ngrad_only_changes_termination``). No PWCF run on the digits benchmark (``benchmarks/bench_adv.py``) ended with code 0 at the
       default either (they end on a verified success, the iteration cap or a line-search
-      failure), while the sample QPs cost up to half of a minimal-distortion run: on 10 digits
-      images the same radii came 1.85x faster in l1 (12.2 to 6.6 s per image) and 1.3x faster in
-      l-infinity (10.6 to 8.1 s), and the l2 attack on 100 images took 0.50 instead of 0.78 s per
-      image with the same robust accuracy. The gradient cache also stops costing memory
+      failure), while the sample QPs cost up to half of a minimal-distortion run:
+      ``benchmarks/bench_adv.py`` recorded the same radii in 2.98 instead of 7.51 s per image (l1),
+      3.5 instead of 5.58 s (l-infinity) and 1.27 instead of 1.51 s (l2), and the l2 attack in
+      0.507 instead of 0.78 s with the same robust accuracy (``benchmarks/results/adv_cpu.md`` at
+      commits 8488d33 and 6087ade). The gradient cache also stops costing memory
       (``ngrad (1 + p + q) n`` numbers per sample).
     * ``print_level = 0`` (progress goes to the ``adv`` logger).
     """
@@ -235,6 +236,10 @@ class Candidate:
     success: Tensor  # (k,) bool (verified)
     distance: Tensor  # (k,) float64
     margin: Tensor   # (k,) float64 (NaN for non-finite points -> -inf)
+
+    def rows(self, idx: Any) -> Candidate:
+        """The candidates of rows ``idx`` (an index tensor or a slice)."""
+        return Candidate(self.x[idx], self.success[idx], self.distance[idx], self.margin[idx])
 
 
 def _check(ctx: CheckContext, rows: Tensor, xa: Tensor) -> Candidate:
@@ -461,9 +466,7 @@ class _Halt:
 
     def part(self, sl: slice) -> SimpleNamespace:
         """The per-row records of solver rows ``sl``."""
-        b = self.best
-        return SimpleNamespace(best=Candidate(b.x[sl], b.success[sl], b.distance[sl], b.margin[sl]),
-                               budget_hit=self.budget_hit[sl])
+        return SimpleNamespace(best=self.best.rows(sl), budget_hit=self.budget_hit[sl])
 
     def __call__(self, info: Any) -> Tensor:
         self.calls += 1
@@ -478,7 +481,7 @@ class _Halt:
             if self.repair:
                 img = _repair(self.ctx, r, img)
             c = _check(self.ctx, r, img)
-            cur = Candidate(self.best.x[u], self.best.success[u], self.best.distance[u], self.best.margin[u])
+            cur = self.best.rows(u)
             w = _better(c, cur.success, cur.distance, cur.margin)
             if bool(w.any()):
                 uw = u[w]
