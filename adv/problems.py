@@ -125,6 +125,16 @@ class _Rows:
     """
 
     def __init__(self, problem: _AttackProblem, rows: Tensor, rival: Tensor | None = None) -> None:
+        if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long:
+            raise TypeError(f"rows must be a 1-D int64 tensor, got "
+                            f"{tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__}"
+                            f"{'' if not isinstance(rows, Tensor) else ' ' + str(rows.dtype)}")
+        if rival is not None:
+            if not isinstance(rival, Tensor) or rival.dtype != torch.long or rival.shape != rows.shape:
+                got = (f"{tuple(rival.shape)} {rival.dtype}" if isinstance(rival, Tensor)
+                       else type(rival).__name__)
+                raise ValueError(f"rival must be an int64 tensor of shape {tuple(rows.shape)} (one class per "
+                                 f"row, -1 for none), got {got}")
         self.problem = problem
         self.rows_ = rows
         self.rival_ = rival

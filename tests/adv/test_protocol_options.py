@@ -289,3 +289,19 @@ def test_default_stationarity_samples():
 
     for kind in ("max", "min"):
         assert default_solver_options(kind)["ngrad"] == DEFAULT_NGRAD == 1
+
+
+def test_rows_view_rejects_bad_rows_and_rivals():
+    model, x, y = _three_class()
+    p = MinDistortionProblem(model, x, y, "l2", box="none")
+    rows = torch.tensor([0, 1, 0])
+    with pytest.raises(TypeError, match="rows must be a 1-D int64 tensor"):
+        p.rows(rows.double())
+    with pytest.raises(ValueError, match=r"rival must be an int64 tensor of shape \(3,\)"):
+        p.rows(rows, torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="rival must be"):
+        p.rows(rows, torch.tensor([-1.0, 2.0, 1.0]))
+    f = p.rows(rows, torch.tensor([-1, 2, 2]))  # repeated positions with their own rivals
+    z = x[rows].reshape(3, -1)
+    _, ci, _ = f(z, torch.arange(3))
+    assert ci[0, 0] != ci[2, 0]  # same sample, different rival: different misclassification constraint
