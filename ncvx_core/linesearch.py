@@ -2,6 +2,14 @@
 
 All problems of the batch search in lock step, each with its own step, bracket and expansion
 count. Every trial evaluates only the problems still searching.
+
+Speculation: when few problems are left searching, a round may evaluate several trial steps of
+one problem at once, the steps the serial search would try next if every one of them failed the
+sufficient-decrease test (bisection towards the lower bracket end). The results are then consumed
+in order, exactly as one trial per round would consume them; the trials after the first one that
+changes the path are discarded and never counted or recorded. The search is therefore the same
+search, in fewer rounds, for a few extra evaluations. The width is bounded so that a round never
+evaluates more rows than the first round of the search did.
 """
 
 from __future__ import annotations
@@ -57,13 +65,23 @@ class LineSearchProblem:
     Attributes:
         start: the Trial at the current iterates (with gradient); returned for alpha = 0.
         evaluate: ``evaluate(x (j, n), rows (j,) long, grad) -> Trial`` for the listed problems
-            (``rows`` index the k problems of this search).
+            (``rows`` index the k problems of this search). The caller's side effects of an
+            evaluation (best-point records) happen inside this call.
         fvalquit: accept a feasible trial whose penalty value is <= this.
+        peek: optional ``peek(x, rows, grad) -> Trial`` like ``evaluate`` but without side effects;
+            ``rows`` may then repeat a problem (several trial steps of one problem). Given together
+            with ``record``, a line search calls ``record(trial, rows)`` (rows unique) for every
+            trial it takes on its path, in order, and may evaluate trials it then discards.
+        record: see ``peek``.
+        speculation: the most trial steps per problem one ``peek`` call may carry (1: none).
     """
 
     start: Trial
     evaluate: Callable[[Tensor, Tensor, bool], Trial]
     fvalquit: float = -math.inf
+    peek: Callable[[Tensor, Tensor, bool], Trial] | None = None
+    record: Callable[[Trial, Tensor], None] | None = None
+    speculation: int = 1
 
 
 class LineSearchResult(NamedTuple):
@@ -100,6 +118,22 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=1)
 
 
+@dataclass
+class _State:
+    """Per-problem search state, ``(k,)`` tensors (``best`` a Trial)."""
+
+    alpha: Tensor
+    beta: Tensor
+    t: Tensor
+    nexp: Tensor
+    evals: Tensor
+    status: Tensor
+    searching: Tensor
+    done_ok: Tensor
+    best: Any
+    last_value_trial_t: Tensor
+
+
 class WeakWolfe:
     """Weak Wolfe bracketing/bisection line search (GRANSO's modified ``linesch_ww``).
 
@@ -108,6 +142,9 @@ class WeakWolfe:
         t0: initial step (``init_step_size``).
         step_tol: stop when the bracket is shorter than ``step_tol * ||x0 + alpha d|| / ||d||``.
         backtracking: value-only trials, Armijo only, halving from t0 (``is_backtrack_linesearch``).
+        speculate: the most trial steps per problem in one round (module docstring); used only
+            when the problem offers ``peek``/``record`` and allows it (``speculation``). 1: off.
+            The accepted steps, evaluation counts and records do not depend on it.
 
     Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
     Math. Programming 141 (2013).
@@ -116,11 +153,14 @@ class WeakWolfe:
     name = "weak_wolfe"
 
     def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
-                 backtracking: bool = False) -> None:
+                 backtracking: bool = False, speculate: int = 1) -> None:
         if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
             raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
+        if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 1:
+            raise ValueError(f"speculate must be an int >= 1, got {speculate!r}")
         self.c1, self.c2, self.t0, self.step_tol = float(c1), float(c2), float(t0), float(step_tol)
         self.backtracking = bool(backtracking)
+        self.speculate = speculate
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
         start = prob.start
@@ -129,67 +169,71 @@ class WeakWolfe:
         dev, dt = x0.device, x0.dtype
         s0 = _dot(g0, d)
         dnorm = d.norm(dim=1)
-        alpha = torch.zeros(k, dtype=dt, device=dev)
-        beta = torch.full((k,), math.inf, dtype=dt, device=dev)
-        t = torch.full((k,), self.t0, dtype=dt, device=dev)
-        nexp = torch.zeros(k, dtype=torch.long, device=dev)
         with torch.no_grad():
             nexpmax = torch.clamp(torch.round(torch.log2(1e5 / dnorm)), min=10).nan_to_num(10, 10, 10).long()
-        evals = torch.zeros(k, dtype=torch.int32, device=dev)
-        status = torch.full((k,), LS_OK, dtype=torch.int8, device=dev)
-        searching = active.clone()
-        done_ok = torch.zeros(k, dtype=torch.bool, device=dev)
-        best = tree_map(torch.clone, start)  # the returned point: lower bracket end, or the accepted trial
-        last_value_trial_t = torch.zeros(k, dtype=dt, device=dev)
+        ls = _State(
+            alpha=torch.zeros(k, dtype=dt, device=dev),
+            beta=torch.full((k,), math.inf, dtype=dt, device=dev),
+            t=torch.full((k,), self.t0, dtype=dt, device=dev),
+            nexp=torch.zeros(k, dtype=torch.long, device=dev),
+            evals=torch.zeros(k, dtype=torch.int32, device=dev),
+            status=torch.full((k,), LS_OK, dtype=torch.int8, device=dev),
+            searching=active.clone(),
+            done_ok=torch.zeros(k, dtype=torch.bool, device=dev),
+            best=tree_map(torch.clone, start),  # the returned point: lower bracket end, or the accepted trial
+            last_value_trial_t=torch.zeros(k, dtype=dt, device=dev),
+        )
+        quiet = prob.peek is not None and prob.record is not None
+        spec = min(self.speculate, max(1, int(prob.speculation))) if quiet else 1
+        cap = 0  # rows of the first round: no later round evaluates more
         while True:
             # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
             # so that a search through x = 0 stops at a bracket of step_tol (instead of bisecting
             # until the step underflows)
-            xa_norm = (x0 + alpha.unsqueeze(1) * d).norm(dim=1)
-            cont = ((beta - alpha) > self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)) & (evals < budget)
-            stop = searching & ~cont
-            status = torch.where(stop, torch.where(torch.isinf(beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8), status)
-            searching = searching & cont
-            rows = torch.nonzero(searching).flatten()
-            if rows.numel() == 0:
+            xa_norm = (x0 + ls.alpha.unsqueeze(1) * d).norm(dim=1)
+            thr = self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)
+            cont = ((ls.beta - ls.alpha) > thr) & (ls.evals < budget)
+            stop = ls.searching & ~cont
+            ls.status = torch.where(stop, torch.where(torch.isinf(ls.beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8),
+                                    ls.status)
+            ls.searching = ls.searching & cont
+            rows = torch.nonzero(ls.searching).flatten()
+            r = rows.numel()
+            if r == 0:
                 break
-            tr = t[rows]
-            xr = x0[rows] + tr.unsqueeze(1) * d[rows]
-            trial = prob.evaluate(xr, rows, not self.backtracking)
-            evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
-            phi = trial.phi
-            quit_ = trial.feasible & torch.isfinite(phi) & (phi <= prob.fvalquit)
-            armijo_fail = ~(phi < phi0[rows] + self.c1 * tr * s0[rows])  # NaN fails
-            if self.backtracking:
-                curv_fail = torch.zeros_like(armijo_fail)
-            else:
-                gtd = _dot(trial.gphi, d[rows])
-                curv_fail = ~(gtd > self.c2 * s0[rows])  # NaN fails
-            ok = quit_ | (~armijo_fail & ~curv_fail)
-            raise_alpha = ~ok & ~armijo_fail & curv_fail
-            lower_beta = ~ok & armijo_fail
-            take = ok | raise_alpha
-            if self.backtracking:
-                # value-only trials: remember the last trial step; accepted points get a gradient later
-                last_value_trial_t = last_value_trial_t.index_copy(0, rows, tr)
-            else:
-                sel = rows[take]
-                if sel.numel():
-                    _put_rows(best, sel, tree_rows(trial, take))
-            alpha = alpha.index_copy(0, rows, torch.where(take, tr, alpha[rows]))
-            beta = beta.index_copy(0, rows, torch.where(lower_beta, tr, beta[rows]))
-            done_ok = done_ok.index_copy(0, rows, ok)
-            searching = searching.index_copy(0, rows, ~ok)
-            # next step for those still searching
-            a_r, b_r, ne_r = alpha[rows], beta[rows], nexp[rows]
-            bracketed = torch.isfinite(b_r)
-            can_expand = ~bracketed & (ne_r < nexpmax[rows])
-            t_next = torch.where(bracketed, 0.5 * (a_r + b_r), 2.0 * a_r)
-            t = t.index_copy(0, rows, torch.where(ok, tr, t_next))
-            nexp = nexp.index_copy(0, rows, ne_r + (can_expand & ~ok).long())
-            give_up = ~ok & ~bracketed & ~can_expand
-            status = status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, status[rows]).to(torch.int8))
-            searching = searching.index_copy(0, rows, searching[rows] & ~give_up)
+            cap = cap or r
+            width = min(spec, max(1, cap // r))
+            grad = not self.backtracking
+            if width == 1:
+                tr = ls.t[rows]
+                xr = x0[rows] + tr.unsqueeze(1) * d[rows]
+                trial = prob.peek(xr, rows, grad) if quiet else prob.evaluate(xr, rows, grad)
+                self._consume(ls, prob, quiet, rows, tr, trial, x0, phi0, s0, d, nexpmax)
+                continue
+            # the serial search's next trials if each failed sufficient decrease: bisection towards alpha
+            a_r, thr_r, ev_r, bud_r = ls.alpha[rows], thr[rows], ls.evals[rows], budget[rows]
+            T = [ls.t[rows]]
+            valid = [torch.ones(r, dtype=torch.bool, device=dev)]
+            for i in range(1, width):
+                valid.append(valid[-1] & ((T[-1] - a_r) > thr_r) & ((ev_r + i) < bud_r))
+                T.append(0.5 * (a_r + T[-1]))
+            Tm, Vm = torch.stack(T, dim=1), torch.stack(valid, dim=1)  # (r, width)
+            pj, pi = torch.nonzero(Vm, as_tuple=True)
+            pos = torch.full((r, width), -1, dtype=torch.long, device=dev)
+            pos[pj, pi] = torch.arange(pj.numel(), device=dev)
+            tp = Tm[pj, pi]
+            trials = prob.peek(x0[rows[pj]] + tp.unsqueeze(1) * d[rows[pj]], rows[pj], grad)
+            on = torch.ones(r, dtype=torch.bool, device=dev)
+            for i in range(width):
+                live = torch.nonzero(on & Vm[:, i]).flatten()
+                if live.numel() == 0:
+                    break
+                sel = pos[live, i]
+                failed = self._consume(ls, prob, quiet, rows[live], Tm[live, i], tree_rows(trials, sel),
+                                       x0, phi0, s0, d, nexpmax)
+                on = torch.zeros_like(on).index_copy(0, live, failed)
+        alpha, evals, status, best, done_ok = ls.alpha, ls.evals, ls.status, ls.best, ls.done_ok
+        last_value_trial_t = ls.last_value_trial_t
         if self.backtracking:
             # one gradient evaluation at the accepted point, or at the last trial after a failure
             t_ret = torch.where(done_ok, alpha, last_value_trial_t)
@@ -205,6 +249,48 @@ class WeakWolfe:
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
         status = torch.where(active, status, torch.tensor(LS_OK, dtype=torch.int8, device=dev))
         return LineSearchResult(alpha, best, status, evals)
+
+    def _consume(self, ls: _State, prob: LineSearchProblem, quiet: bool, rows: Tensor, tr: Tensor, trial: Trial,
+                 x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor) -> Tensor:
+        """Apply one trial per problem ``rows`` (unique) at steps ``tr``; returns ``(len(rows),)``
+        bool: the trial failed sufficient decrease (the search bisects towards alpha next)."""
+        if quiet and not self.backtracking:
+            prob.record(trial, rows)
+        ls.evals = ls.evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
+        phi = trial.phi
+        quit_ = trial.feasible & torch.isfinite(phi) & (phi <= prob.fvalquit)
+        armijo_fail = ~(phi < phi0[rows] + self.c1 * tr * s0[rows])  # NaN fails
+        if self.backtracking:
+            curv_fail = torch.zeros_like(armijo_fail)
+        else:
+            gtd = _dot(trial.gphi, d[rows])
+            curv_fail = ~(gtd > self.c2 * s0[rows])  # NaN fails
+        ok = quit_ | (~armijo_fail & ~curv_fail)
+        raise_alpha = ~ok & ~armijo_fail & curv_fail
+        lower_beta = ~ok & armijo_fail
+        take = ok | raise_alpha
+        if self.backtracking:
+            # value-only trials: remember the last trial step; accepted points get a gradient later
+            ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
+        else:
+            sel = rows[take]
+            if sel.numel():
+                _put_rows(ls.best, sel, tree_rows(trial, take))
+        ls.alpha = ls.alpha.index_copy(0, rows, torch.where(take, tr, ls.alpha[rows]))
+        ls.beta = ls.beta.index_copy(0, rows, torch.where(lower_beta, tr, ls.beta[rows]))
+        ls.done_ok = ls.done_ok.index_copy(0, rows, ok)
+        ls.searching = ls.searching.index_copy(0, rows, ~ok)
+        # next step for those still searching
+        a_r, b_r, ne_r = ls.alpha[rows], ls.beta[rows], ls.nexp[rows]
+        bracketed = torch.isfinite(b_r)
+        can_expand = ~bracketed & (ne_r < nexpmax[rows])
+        t_next = torch.where(bracketed, 0.5 * (a_r + b_r), 2.0 * a_r)
+        ls.t = ls.t.index_copy(0, rows, torch.where(ok, tr, t_next))
+        ls.nexp = ls.nexp.index_copy(0, rows, ne_r + (can_expand & ~ok).long())
+        give_up = ~ok & ~bracketed & ~can_expand
+        ls.status = ls.status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, ls.status[rows]).to(torch.int8))
+        ls.searching = ls.searching.index_copy(0, rows, ls.searching[rows] & ~give_up)
+        return lower_beta
 
 
 class Backtracking(WeakWolfe):

@@ -81,6 +81,7 @@ class SolverOptions:
     linesearch_maxit: float = _INF
     init_step_size: float = 1.0
     is_backtrack_linesearch: bool = False
+    linesearch_speculation: int = 8
     search_direction_rescaling: bool = False
     disable_terminationcode_6: bool = False
     # --- precision / device / gradients -------------------------------------------------------
@@ -185,6 +186,7 @@ class SolverOptions:
         integer("linesearch_nondescent_maxit", 0)
         integer("linesearch_reattempts", 0)
         integer("linesearch_reattempts_x0", 0)
+        integer("linesearch_speculation", 1)
         if not 0 < num("linesearch_c_mu") < 1:
             bad("linesearch_c_mu", "in (0, 1)")
         if not 0 < num("linesearch_c_mu_x0") < 1:

@@ -8,9 +8,10 @@ per output column.
 
 A function may also take a keyword argument ``idx``: it is then called on a subset of the rows,
 ``problem(x_rows, idx=rows)``, with ``rows`` the ``(k,)`` long tensor of the problems' positions in
-the original batch. Without ``idx`` the function is always called on the full batch (rows that are
-not needed are filled with their last point), which is correct for functions holding per-problem
-data but spends evaluations on finished problems.
+the original batch; a position may repeat (several line-search trial points of one problem in one
+call, ``SolverOptions.linesearch_speculation``). Without ``idx`` the function is always called on
+the full batch (rows that are not needed are filled with their last point), which is correct for
+functions holding per-problem data but spends evaluations on finished problems.
 
 With ``SolverOptions(globalAD=False)`` the function returns its own gradients:
 ``(f, f_grad, ci, ci_grad, ce, ce_grad)`` with ``f_grad`` of shape ``(B, *shape)`` and

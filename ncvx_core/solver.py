@@ -119,8 +119,10 @@ class HaltInfo(NamedTuple):
 
 
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
-    "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch),
-    "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True),
+    "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch,
+                                      o.linesearch_speculation),
+    "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True,
+                                        o.linesearch_speculation),
 }
 
 HESSIANS: dict[str, Callable[[SolverOptions], HessianApprox]] = {
@@ -542,22 +544,33 @@ class _Solver:
             payload0 = (ev, viol)
             start = Trial(phi0, g0, viol.feasible, st.x, _Payload(*payload0))
 
-            def evaluate(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
+            def peek(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
                 e = self.ev.evaluate(xr, idx[rows], x_full, grad=grad)
                 v = _violation_rows(e, o)
                 m = mu_cur[rows]
                 phi = _phi(e, v, m)
                 g = _gphi(e, v, m) if grad else None
-                if grad:
-                    records[0], records[1] = _update_records(records[0], records[1], rows, xr, e, v, m, constrained)
-                else:
+                if not grad:
                     e = Evaluation(e.f, e.ci, e.ce, torch.full_like(xr, math.nan),
                                    torch.full((xr.shape[0], self.p, self.n), math.nan, dtype=self.dtype, device=dev),
                                    torch.full((xr.shape[0], self.q, self.n), math.nan, dtype=self.dtype, device=dev))
                     v = v._replace(gv1=torch.full_like(xr, math.nan))
                 return Trial(phi, g, v.feasible, xr, _Payload(e, v))
 
-            return LineSearchProblem(start, evaluate, o.fvalquit)
+            def record(trial: Trial, rows: Tensor) -> None:
+                e, v = trial.payload
+                records[0], records[1] = _update_records(records[0], records[1], rows, trial.x, e, v, mu_cur[rows],
+                                                         constrained)
+
+            def evaluate(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
+                trial = peek(xr, rows, grad)
+                if grad:
+                    record(trial, rows)
+                return trial
+
+            # several trial steps of one problem in one call need a function that takes idx
+            spec = o.linesearch_speculation if self.ev.accepts_idx else 1
+            return LineSearchProblem(start, evaluate, o.fvalquit, peek=peek, record=record, speculation=spec)
 
         try:
             res = self.ls.search(make_problem(mu_ls, phi_k, gphi_k), d, search, budget)

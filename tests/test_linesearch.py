@@ -579,3 +579,115 @@ def test_invalid_constants_raise():
         WeakWolfe(c1=0.3, c2=0.2)
     with pytest.raises(ValueError):
         WeakWolfe(c2=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# speculation: several trial steps of one problem per round, same search
+class QuietRecorder(Recorder):
+    """``peek`` (no side effects, rows may repeat) and ``record`` callbacks over a Toy."""
+
+    def __init__(self, toy: Toy, feasible: torch.Tensor | None = None) -> None:
+        super().__init__(toy, feasible)
+        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def evaluate(self, x: torch.Tensor, rows: torch.Tensor, grad: bool) -> Trial:
+        trial = self(x, rows, grad)
+        if grad:
+            self.record(trial, rows)
+        return trial
+
+    def record(self, trial: Trial, rows: torch.Tensor) -> None:
+        assert torch.equal(rows, torch.unique(rows))  # one trial per problem per record
+        self.records.append((trial.x.clone(), rows.clone()))
+
+    def per_problem(self, B: int) -> list[list[torch.Tensor]]:
+        out: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        for x, rows in self.records:
+            for j, r in enumerate(rows.tolist()):
+                out[r].append(x[j])
+        return out
+
+
+def quiet_setup(toy: Toy, x0, active, budget, fvalquit, speculation):
+    rec = QuietRecorder(toy)
+    start = rec.trial(x0, torch.arange(toy.B), True)
+    prob = LineSearchProblem(start=start, evaluate=rec.evaluate, fvalquit=fvalquit, peek=rec, record=rec.record,
+                             speculation=speculation)
+    return rec, prob, -start.gphi
+
+
+@given(data=batches(kinds=KINDS + ["linear"], min_B=1, max_B=8), width=st.integers(2, 9),
+       t0=st.sampled_from([1.0, 16.0, 1024.0]), backtracking=st.booleans(),
+       budgets=st.lists(st.sampled_from([1, 2, 3, 7, math.inf]), min_size=8, max_size=8),
+       quit_=st.booleans())
+def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, backtracking, budgets, quit_):
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, kinds, x0)
+    budget = torch.tensor(budgets[:B], dtype=DT)
+    fvalquit = float(toy.phi(x0, torch.arange(B)).min()) - 0.5 if quit_ else -math.inf
+    out = {}
+    for w in (1, width):
+        rec, prob, d = quiet_setup(toy, x0, active, budget, fvalquit, speculation=9)
+        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w)
+        out[w] = (ls.search(prob, d, active, budget), rec)
+    (r1, rec1), (rw, recw) = out[1], out[width]
+    assert torch.equal(r1.t, rw.t)
+    assert torch.equal(r1.status, rw.status) and torch.equal(r1.evals, rw.evals)
+    for a, b in zip(r1.trial[:4], rw.trial[:4]):
+        assert (a is None and b is None) or torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    # the same trial points were recorded, in the same order, for every problem
+    s1, sw = rec1.per_problem(B), recw.per_problem(B)
+    for b in range(B):
+        assert len(s1[b]) == len(sw[b])
+        for p, q in zip(s1[b], sw[b]):
+            assert torch.equal(p, q)  # points on the ray: finite
+    # the serial search evaluates each trial once, one per problem per call
+    assert sum(int(rows.numel()) for _, rows, _ in rec1.calls) == int(r1.evals.sum())
+    # no more rounds than the serial search, no round larger than the first
+    assert len(recw.calls) <= len(rec1.calls)
+    if recw.calls:
+        first = recw.calls[0][1].numel()
+        assert all(rows.numel() <= first for _, rows, _ in recw.calls)
+
+
+def test_speculation_cuts_the_rounds_of_a_long_backtrack():
+    """One problem whose step must be halved many times: with width 8 the rounds drop about 8-fold
+    while the accepted step and the evaluation count stay those of the serial search."""
+    g = torch.Generator().manual_seed(3)
+    B, n = 8, 3
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, ["quad"] * B, x0)
+    res, calls = {}, {}
+    for w in (1, 8):
+        rec, prob, d = quiet_setup(toy, x0, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT),
+                                   -math.inf, speculation=8)
+        d = d * torch.tensor([1.0] * (B - 1) + [2.0**20], dtype=DT).unsqueeze(1)  # the last step is far too long
+        res[w] = WeakWolfe(speculate=w).search(prob, d, torch.ones(B, dtype=torch.bool),
+                                               torch.full((B,), math.inf, dtype=DT))
+        calls[w] = len(rec.calls)
+    assert torch.equal(res[1].t, res[8].t) and torch.equal(res[1].evals, res[8].evals)
+    assert int(res[1].evals[-1]) >= 20
+    assert calls[8] <= calls[1] // 4
+
+
+def test_speculation_needs_peek_and_record():
+    """A problem without ``peek``/``record`` (or with speculation 1) is searched one trial per round."""
+    g = torch.Generator().manual_seed(4)
+    B, n = 4, 2
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, ["quad"] * B, x0)
+    S = setup(toy, x0, d=-toy.grad(x0, torch.arange(B)) * 1e4)
+    res = WeakWolfe(speculate=8).search(S.prob, S.d, S.active, S.budget)
+    check_basic(S, res, WeakWolfe())
+    check_calls(S, res)  # rows unique in every call, one contiguous run per problem
+    rec, prob, d = quiet_setup(toy, x0, S.active, S.budget, -math.inf, speculation=1)
+    WeakWolfe(speculate=8).search(prob, d * 1e4, S.active, S.budget)
+    assert all(torch.equal(rows, torch.unique(rows)) for _, rows, _ in rec.calls)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_invalid_speculation_raises(bad):
+    with pytest.raises(ValueError, match="speculate"):
+        WeakWolfe(speculate=bad)

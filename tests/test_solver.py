@@ -907,7 +907,7 @@ def test_idx_form_gets_subsets_and_matches_full_form(a1_run):
         per_problem[idx] += 1
         return a1(x)
 
-    res = solve(fn, x0, opts())
+    res = solve(fn, x0, opts(linesearch_speculation=1))
     assert_rows_equal(res_full_form, slice(None), res)
     sizes = {int(i.numel()) for i in seen}
     assert B in sizes and min(sizes) < B, f"sizes seen: {sorted(sizes)}"
@@ -916,6 +916,32 @@ def test_idx_form_gets_subsets_and_matches_full_form(a1_run):
         assert bool((i[1:] > i[:-1]).all()) and int(i.min()) >= 0 and int(i.max()) < B
     # only the problems that need a value are evaluated: one call per counted evaluation
     assert torch.equal(per_problem, res.fn_evals)
+
+
+def test_line_search_speculation_gives_the_same_run_in_fewer_calls(a1_run):
+    """With the idx form, a line-search round may carry several trial steps of one problem (idx then
+    repeats a position); the run is the one without speculation, field by field, in fewer calls, and
+    no call is larger than the full batch."""
+    x0, res_full_form, _ = a1_run
+    B = x0.shape[0]
+    calls: dict[int, list[Tensor]] = {1: [], 8: []}
+    results = {}
+    for w in (1, 8):
+        def fn(x, idx, w=w):
+            assert x.shape[0] == idx.shape[0]
+            calls[w].append(idx.clone())
+            return a1(x)
+
+        results[w] = solve(fn, x0 * 40, opts(linesearch_speculation=w, maxit=60))
+    assert_rows_equal(results[1], slice(None), results[8])
+    assert len(calls[8]) < len(calls[1])
+    assert max(int(i.numel()) for i in calls[8]) <= B
+    assert any(int(torch.unique(i).numel()) < int(i.numel()) for i in calls[8])  # some call repeats a problem
+    rows8 = torch.zeros(B, dtype=torch.long)
+    for i in calls[8]:
+        assert bool((i[1:] >= i[:-1]).all())
+        rows8.index_add_(0, i, torch.ones_like(i))
+    assert bool((rows8 >= results[8].fn_evals).all())  # discarded trials are not counted as evaluations
 
 
 def test_full_form_is_always_called_with_the_whole_batch(a1_run):
