@@ -9,7 +9,9 @@ sufficient-decrease test (bisection towards the lower bracket end). The results 
 in order, exactly as one trial per round would consume them; the trials after the first one that
 changes the path are discarded and never counted or recorded. The search is therefore the same
 search, in fewer rounds, for a few extra evaluations. The width is bounded so that a round never
-evaluates more rows than the first round of the search did.
+evaluates more rows than the first round of the search did, and a step is only added where the
+measured failure rate of earlier trials says the serial search would reach it with probability at
+least ``speculate_min_use``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,10 @@ class WeakWolfe:
         speculate: the most trial steps per problem in one round (module docstring); used only
             when the problem offers ``peek``/``record`` and allows it (``speculation``). 1: off.
             The accepted steps, evaluation counts and records do not depend on it.
+        speculate_min_use: a round carries a problem's next trial step only if the serial search
+            would reach it with at least this probability, estimated from the fraction of this
+            object's past trials that failed sufficient decrease (none before 16 trials); 0: always
+            the most steps ``speculate`` and the row bound allow.
 
     Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
     Math. Programming 141 (2013).
@@ -153,7 +159,7 @@ class WeakWolfe:
     name = "weak_wolfe"
 
     def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
-                 backtracking: bool = False, speculate: int = 1) -> None:
+                 backtracking: bool = False, speculate: int = 1, speculate_min_use: float = 0.5) -> None:
         if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
             raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
         if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 1:
@@ -161,6 +167,9 @@ class WeakWolfe:
         self.c1, self.c2, self.t0, self.step_tol = float(c1), float(c2), float(t0), float(step_tol)
         self.backtracking = bool(backtracking)
         self.speculate = speculate
+        if not 0 <= speculate_min_use < 1:
+            raise ValueError(f"speculate_min_use must be in [0, 1), got {speculate_min_use!r}")
+        self.speculate_min_use = float(speculate_min_use)
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
         start = prob.start
@@ -202,13 +211,15 @@ class WeakWolfe:
             if r == 0:
                 break
             cap = cap or r
-            width = min(spec, max(1, cap // r))
+            width = self._width(spec, cap // r)
             grad = not self.backtracking
             if width == 1:
                 tr = ls.t[rows]
                 xr = x0[rows] + tr.unsqueeze(1) * d[rows]
                 trial = prob.peek(xr, rows, grad) if quiet else prob.evaluate(xr, rows, grad)
-                self._consume(ls, prob, quiet, rows, tr, trial, x0, phi0, s0, d, nexpmax)
+                failed = self._consume(ls, prob, quiet, rows, tr, trial, x0, phi0, s0, d, nexpmax)
+                if spec > 1:
+                    self._observe(failed)
                 continue
             # the serial search's next trials if each failed sufficient decrease: bisection towards alpha
             a_r, thr_r, ev_r, bud_r = ls.alpha[rows], thr[rows], ls.evals[rows], budget[rows]
@@ -231,6 +242,7 @@ class WeakWolfe:
                 sel = pos[live, i]
                 failed = self._consume(ls, prob, quiet, rows[live], Tm[live, i], tree_rows(trials, sel),
                                        x0, phi0, s0, d, nexpmax)
+                self._observe(failed)
                 on = torch.zeros_like(on).index_copy(0, live, failed)
         alpha, evals, status, best, done_ok = ls.alpha, ls.evals, ls.status, ls.best, ls.done_ok
         last_value_trial_t = ls.last_value_trial_t
@@ -249,6 +261,36 @@ class WeakWolfe:
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
         status = torch.where(active, status, torch.tensor(LS_OK, dtype=torch.int8, device=dev))
         return LineSearchResult(alpha, best, status, evals)
+
+    # speculation width: a trial step is added to a problem's round only while the chance that the
+    # serial search would reach it (every earlier one failing sufficient decrease) is at least
+    # speculate_min_use, with the failure rate measured on this object's own past trials (outcomes
+    # only: the width, and so the batch composition of every call, does not depend on timing)
+    _SPEC_MIN_TRIALS = 16
+    _SPEC_DECAY = 0.98
+
+    def _observe(self, failed: Tensor) -> None:
+        """Record trial outcomes (``failed``: bool, failed sufficient decrease)."""
+        n = failed.numel()
+        if n:
+            self._n_fail = self._SPEC_DECAY ** n * getattr(self, "_n_fail", 0.0) + float(failed.sum())
+            self._n_trials = self._SPEC_DECAY ** n * getattr(self, "_n_trials", 0.0) + n
+
+    def _width(self, spec: int, room: int) -> int:
+        """Trial steps per problem this round: at most ``spec`` and ``room`` (rows of the first
+        round over rows searching now)."""
+        limit = min(spec, room)
+        if limit < 2 or self.speculate_min_use <= 0:
+            return max(1, limit)
+        trials = getattr(self, "_n_trials", 0.0)
+        if trials < self._SPEC_MIN_TRIALS * (1 - 1e-9):
+            return 1
+        p = min(getattr(self, "_n_fail", 0.0) / trials, 0.999)
+        w, reach = 1, p
+        while w < limit and reach >= self.speculate_min_use:
+            w += 1
+            reach *= p
+        return w
 
     def _consume(self, ls: _State, prob: LineSearchProblem, quiet: bool, rows: Tensor, tr: Tensor, trial: Trial,
                  x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor) -> Tensor:

@@ -630,7 +630,7 @@ def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, ba
     out = {}
     for w in (1, width):
         rec, prob, d = quiet_setup(toy, x0, active, budget, fvalquit, speculation=9)
-        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w)
+        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w, speculate_min_use=0.0)
         out[w] = (ls.search(prob, d, active, budget), rec)
     (r1, rec1), (rw, recw) = out[1], out[width]
     assert torch.equal(r1.t, rw.t)
@@ -652,24 +652,47 @@ def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, ba
         assert all(rows.numel() <= first for _, rows, _ in recw.calls)
 
 
-def test_speculation_cuts_the_rounds_of_a_long_backtrack():
-    """One problem whose step must be halved many times: with width 8 the rounds drop about 8-fold
-    while the accepted step and the evaluation count stay those of the serial search."""
+def _long_backtrack(ls: WeakWolfe, long: list[bool]):
+    """Search a batch of 8 quadratics whose steps in ``long`` are 2**20 times too long."""
     g = torch.Generator().manual_seed(3)
     B, n = 8, 3
     x0 = _x0(g, B, n)
     toy = make_toy(g, B, n, ["quad"] * B, x0)
-    res, calls = {}, {}
-    for w in (1, 8):
-        rec, prob, d = quiet_setup(toy, x0, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT),
-                                   -math.inf, speculation=8)
-        d = d * torch.tensor([1.0] * (B - 1) + [2.0**20], dtype=DT).unsqueeze(1)  # the last step is far too long
-        res[w] = WeakWolfe(speculate=w).search(prob, d, torch.ones(B, dtype=torch.bool),
-                                               torch.full((B,), math.inf, dtype=DT))
-        calls[w] = len(rec.calls)
-    assert torch.equal(res[1].t, res[8].t) and torch.equal(res[1].evals, res[8].evals)
-    assert int(res[1].evals[-1]) >= 20
-    assert calls[8] <= calls[1] // 4
+    rec, prob, d = quiet_setup(toy, x0, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT),
+                               -math.inf, speculation=8)
+    d = d * torch.tensor([2.0**20 if v else 1.0 for v in long], dtype=DT).unsqueeze(1)
+    res = ls.search(prob, d, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT))
+    return res, len(rec.calls), rec
+
+
+def test_speculation_cuts_the_rounds_of_a_long_backtrack():
+    """One problem whose step must be halved many times: at the full width of 8 the rounds drop
+    about 8-fold while the accepted step and the evaluation count stay those of the serial search."""
+    long = [False] * 7 + [True]
+    r1, c1, _ = _long_backtrack(WeakWolfe(speculate=1), long)
+    r8, c8, rec = _long_backtrack(WeakWolfe(speculate=8, speculate_min_use=0.0), long)
+    assert torch.equal(r1.t, r8.t) and torch.equal(r1.evals, r8.evals)
+    assert int(r1.evals[-1]) >= 20
+    assert c8 <= c1 // 4
+    assert max(int(rows.numel()) for _, rows, _ in rec.calls) <= 8  # never more rows than the first round
+
+
+def test_speculation_width_follows_the_measured_failure_rate():
+    """The default rule adds a trial step only where the serial search would reach it with
+    probability >= 1/2: nothing before 16 observed trials, the full width after a history of
+    failures, none after a history of first-trial successes."""
+    ls = WeakWolfe(speculate=8)
+    assert ls._width(8, 8) == 1  # no history yet
+    _long_backtrack(ls, [True] * 8)  # every problem fails sufficient decrease ~20 times
+    r1, c1, _ = _long_backtrack(WeakWolfe(speculate=1), [False] * 7 + [True])
+    assert ls._width(8, 8) >= 4
+    r8, c8, _ = _long_backtrack(ls, [False] * 7 + [True])
+    assert torch.equal(r1.t, r8.t) and torch.equal(r1.evals, r8.evals)
+    assert c8 <= c1 // 2
+    quick = WeakWolfe(speculate=8)
+    for _ in range(4):
+        _long_backtrack(quick, [False] * 8)  # unit steps on convex quadratics: (nearly) all accepted
+    assert quick._width(8, 8) == 1
 
 
 def test_speculation_needs_peek_and_record():
@@ -691,3 +714,5 @@ def test_speculation_needs_peek_and_record():
 def test_invalid_speculation_raises(bad):
     with pytest.raises(ValueError, match="speculate"):
         WeakWolfe(speculate=bad)
+    with pytest.raises(ValueError, match="speculate_min_use"):
+        WeakWolfe(speculate=2, speculate_min_use=1.0)
