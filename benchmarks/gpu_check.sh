@@ -3,7 +3,7 @@
 # has Python with a CUDA build of torch preinstalled (no network needed):
 #   (a) nvidia-smi and versions,
 #   (b) `pytest -q -m gpu tests` when pytest (and the tests' imports) are available and GPU tests exist,
-#   (c) bench_overhead.py and bench_scaling.py with --device cuda.
+#   (c) bench_overhead.py, bench_scaling.py and bench_linesearch.py with --device cuda.
 # Results go to $OUT when it is set (else benchmarks/results/); a log of everything to gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
@@ -73,6 +73,11 @@ say "== (c) bench_scaling.py --device $DEV"
 run timeout 100 "$PY" benchmarks/bench_scaling.py --device "$DEV" --out "$RES" \
   --b-sweep 1,16,256,1024,4096 --full-sweep 1,16,64 --n-sweep 64,3072,150528 --maxit 10 --budget 70 --point-timeout 45 \
   || say "bench_scaling.py: exit code $?"
+
+say "== (c) bench_linesearch.py --device $DEV"
+run timeout 45 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES" \
+  --workloads mlp-attack,cnn-attack --batch 256 --repeats 1 \
+  || say "bench_linesearch.py: exit code $?"
 
 say "== done; results in $RES"
 ls -l "$RES" | tee -a "$LOG"
