@@ -228,6 +228,9 @@ def _checked_init(self: SolverOptions, *args: Any, **kwargs: Any) -> None:
     if args:
         raise TypeError("SolverOptions takes keyword arguments only, e.g. SolverOptions(maxit=500)")
     for name in kwargs:
+        if name == "x0":
+            raise OptionError("'x0' is not an option: the start point is the second argument of "
+                              "solve(problem, x0, options), a (B, *shape) tensor")
         if name not in _FIELD_NAMES:
             close = difflib.get_close_matches(name, _FIELD_NAMES, n=1, cutoff=0.5)
             if not close:

@@ -97,6 +97,12 @@ def test_unknown_option_without_close_match():
         SolverOptions(zzzzqqq=3)
 
 
+def test_x0_as_an_option_points_to_solve():
+    """GRANSO takes x0 among its options; here it is an argument of solve."""
+    with pytest.raises(OptionError, match=r"solve\(problem, x0, options\)"):
+        SolverOptions(x0=1)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
