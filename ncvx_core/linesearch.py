@@ -170,6 +170,8 @@ class WeakWolfe:
         if not 0 <= speculate_min_use < 1:
             raise ValueError(f"speculate_min_use must be in [0, 1), got {speculate_min_use!r}")
         self.speculate_min_use = float(speculate_min_use)
+        self._n_fail = 0.0  # decayed counts of past trials that failed sufficient decrease, and of all
+        self._n_trials = 0.0
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
         start = prob.start
@@ -273,8 +275,8 @@ class WeakWolfe:
         """Record trial outcomes (``failed``: bool, failed sufficient decrease)."""
         n = failed.numel()
         if n:
-            self._n_fail = self._SPEC_DECAY ** n * getattr(self, "_n_fail", 0.0) + float(failed.sum())
-            self._n_trials = self._SPEC_DECAY ** n * getattr(self, "_n_trials", 0.0) + n
+            self._n_fail = self._SPEC_DECAY ** n * self._n_fail + float(failed.sum())
+            self._n_trials = self._SPEC_DECAY ** n * self._n_trials + n
 
     def _width(self, spec: int, room: int) -> int:
         """Trial steps per problem this round: at most ``spec`` and ``room`` (rows of the first
@@ -282,10 +284,10 @@ class WeakWolfe:
         limit = min(spec, room)
         if limit < 2 or self.speculate_min_use <= 0:
             return max(1, limit)
-        trials = getattr(self, "_n_trials", 0.0)
+        trials = self._n_trials
         if trials < self._SPEC_MIN_TRIALS * (1 - 1e-9):
             return 1
-        p = min(getattr(self, "_n_fail", 0.0) / trials, 0.999)
+        p = min(self._n_fail / trials, 0.999)
         w, reach = 1, p
         while w < limit and reach >= self.speculate_min_use:
             w += 1
