@@ -69,6 +69,7 @@ from adv.losses import margin as margin_loss
 from adv.problems import MaxLossProblem, MinDistortionProblem
 from ncvx_core import SolverOptions, Status, solve
 from ncvx_core.hessian import BFGSState, LBFGSState
+from ncvx_core.utils import tree_rows
 
 __all__ = [
     "RunOutput", "CheckContext", "default_solver_options", "run_max_loss", "run_min_distortion",
@@ -522,17 +523,13 @@ class RunOutput:
     seconds: float
 
 
-def _tree_rows(state: Any, rows: Any) -> Any:
-    return type(state)(*(None if t is None else t[rows] for t in state))
-
-
 def _result_rows(res: Any, sl: slice) -> Any:
     """The parts of a :class:`ncvx_core.SolveResult` the protocol reads, restricted to rows ``sl``."""
     H = res.H_final
     return SimpleNamespace(final=SimpleNamespace(x=res.final.x[sl], mu=res.final.mu[sl]),
                            best=SimpleNamespace(x=res.best.x[sl]), status=res.status[sl], iters=res.iters[sl],
                            memory_plan=res.memory_plan,
-                           H_final=_tree_rows(H, sl) if isinstance(H, (LBFGSState, BFGSState)) else H)
+                           H_final=tree_rows(H, sl) if isinstance(H, (LBFGSState, BFGSState)) else H)
 
 
 def _store_rows(store: Any, rows: Tensor, part: Any, B: int) -> Any:
@@ -683,7 +680,7 @@ class _Protocol:
             if self.cont_m is None:
                 self.cont_m = m
             if self.cont_H_ok and m == self.cont_m and isinstance(res.H_final, (LBFGSState, BFGSState)):
-                stored = _store_rows(self.cont_H, tr, _tree_rows(res.H_final, take), self.B)
+                stored = _store_rows(self.cont_H, tr, tree_rows(res.H_final, take), self.B)
                 if stored is None:
                     self.cont_H_ok = False
                 else:
@@ -764,7 +761,7 @@ class _Protocol:
                      repair=self.kind == "max")
         extra: dict[str, Any] = dict(mu0=self.cont_mu[rows].clone(), scaleH0=False)
         if self.cont_H_ok and self.cont_H is not None:
-            H = _tree_rows(self.cont_H, rows)
+            H = tree_rows(self.cont_H, rows)
             if isinstance(H, LBFGSState):
                 extra["limited_mem_warm_start"] = H
                 if self.cont_m is not None:

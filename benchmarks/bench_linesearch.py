@@ -52,6 +52,7 @@ from common import (  # noqa: E402
 from ncvx_core import SolverOptions, solve  # noqa: E402
 
 SETTINGS = (1, 8)
+WORKLOADS = ("mlp-attack", "cnn-attack", "adv-linf")
 
 
 class Counting:
@@ -92,7 +93,7 @@ def solver_pair(P: Any, x0: torch.Tensor, opts: dict[str, Any], repeats: int) ->
 
 def adv_pair(n_images: int, repeats: int) -> list[dict[str, Any]]:
     import adv
-    import adv.runner as runner
+    from adv.problems import _Rows
     from adv.zoo import default_model, load_digits
 
     model = default_model("adversarial")
@@ -101,20 +102,15 @@ def adv_pair(n_images: int, repeats: int) -> list[dict[str, Any]]:
         ok = model(x).argmax(1) == y
     x, y = x[ok][:n_images], y[ok][:n_images]
     counts = {"calls": 0, "rows": 0}
-    orig = runner._Protocol._solve
+    orig = _Rows.__call__
 
-    def counted(self: Any, rows: torch.Tensor, z0: torch.Tensor, options: Any, rival: Any) -> Any:
-        fn = self.problem.rows(rows, rival)
-
-        def wrapped(z: torch.Tensor, idx: torch.Tensor) -> Any:
-            counts["calls"] += 1
-            counts["rows"] += int(idx.numel())
-            return fn(z, idx)
-
-        return solve(wrapped, z0, options)
+    def counted(self: Any, z: torch.Tensor, idx: torch.Tensor) -> Any:  # every solver call of the protocol
+        counts["calls"] += 1
+        counts["rows"] += int(idx.numel())
+        return orig(self, z, idx)
 
     out: dict[int, dict[str, Any]] = {s: {"times": []} for s in SETTINGS}
-    runner._Protocol._solve = counted
+    _Rows.__call__ = counted
     try:
         for r in range(repeats):
             for s in (SETTINGS if r % 2 == 0 else SETTINGS[::-1]):
@@ -124,7 +120,7 @@ def adv_pair(n_images: int, repeats: int) -> list[dict[str, Any]]:
                 out[s]["times"].append(time.perf_counter() - t)
                 out[s].update(calls=counts["calls"], rows=counts["rows"], res=res)
     finally:
-        runner._Protocol._solve = orig
+        _Rows.__call__ = orig
     a, b = out[SETTINGS[0]]["res"], out[SETTINGS[1]]["res"]
     same = bool(torch.equal(a.success, b.success)) and bool(torch.equal(a.iterations, b.iterations))
     rows = []
@@ -142,10 +138,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="problems of the MLP workload (default 256)")
     ap.add_argument("--adv-images", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--workloads", default="mlp-attack,cnn-attack,adv-linf")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args()
-    device, dtype = setup(args)
+    for name in ("batch", "adv_images", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     work = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = sorted(set(work) - set(WORKLOADS))
+    if unknown or not work:
+        ap.error(f"--workloads: expected a comma-separated subset of {', '.join(WORKLOADS)}, got {args.workloads!r}")
+    device, dtype = setup(args)
     t0 = time.perf_counter()
     results: list[tuple[str, list[dict[str, Any]]]] = []
     if "mlp-attack" in work:

@@ -170,7 +170,9 @@ class WeakWolfe:
         if not 0 <= speculate_min_use < 1:
             raise ValueError(f"speculate_min_use must be in [0, 1), got {speculate_min_use!r}")
         self.speculate_min_use = float(speculate_min_use)
-        self._n_fail = 0.0  # decayed counts of past trials that failed sufficient decrease, and of all
+        # decayed counts of past trials that failed sufficient decrease (a 0-d tensor, on the trials'
+        # device: read once per round, when a width is chosen) and of all past trials
+        self._n_fail: Tensor | float = 0.0
         self._n_trials = 0.0
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
@@ -275,7 +277,7 @@ class WeakWolfe:
         """Record trial outcomes (``failed``: bool, failed sufficient decrease)."""
         n = failed.numel()
         if n:
-            self._n_fail = self._SPEC_DECAY ** n * self._n_fail + float(failed.sum())
+            self._n_fail = self._SPEC_DECAY ** n * self._n_fail + failed.sum(dtype=torch.float64)
             self._n_trials = self._SPEC_DECAY ** n * self._n_trials + n
 
     def _width(self, spec: int, room: int) -> int:
@@ -287,7 +289,7 @@ class WeakWolfe:
         trials = self._n_trials
         if trials < self._SPEC_MIN_TRIALS * (1 - 1e-9):
             return 1
-        p = min(self._n_fail / trials, 0.999)
+        p = min(float(self._n_fail) / trials, 0.999)
         w, reach = 1, p
         while w < limit and reach >= self.speculate_min_use:
             w += 1
