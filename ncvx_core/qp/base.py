@@ -494,7 +494,7 @@ def _pg_residual(
     return torch.where(ok, res, torch.full_like(res, float("inf")))
 
 
-def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False) -> Tensor:
+def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False, can: Canonical | None = None) -> Tensor:
     """Projected-gradient KKT residual ``||w - P_C(w - (Q w + q))||_inf`` per problem, (B,).
 
     It is zero exactly at the solutions; it also measures infeasibility of ``w``.  Non-finite
@@ -506,7 +506,8 @@ def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False) -> Tensor:
     outside the equality block, ``s_i = r - sum(lo[eq_mask])`` (the equality slack, common to the
     block) for masked variables, 1 otherwise.  This makes the residual comparable across problems
     of very different size (e.g. ``r = 1e-6``) and is the measure used for the solvers' status
-    (``<= 1e-6``: at least INACCURATE).
+    (``<= 1e-6``: at least INACCURATE).  ``can``: the :func:`canonicalize` form of ``qp`` when
+    the caller already has it (only its ``gamma`` and ``bad`` are used).
     """
     if qp.m == 0:
         return torch.zeros(qp.B, dtype=qp.q.dtype, device=qp.device)
@@ -515,7 +516,8 @@ def kkt_residual(qp: BoxQP, w: Tensor, *, scaled: bool = False) -> Tensor:
     if not scaled:
         res = _pg_residual(qp.Q, qp.q, lo, hi, qp.eq_mask, qp.r, w)
         return torch.where(bad, torch.full_like(res, float("inf")), res)
-    can = canonicalize(qp)
+    if can is None:
+        can = canonicalize(qp)
     B, m = qp.q.shape
     one = torch.ones_like(lo)
     finite_hi = torch.isfinite(hi)
@@ -573,6 +575,7 @@ def finalize(
     bad: Tensor,
     active: Tensor,
     solved_kkt: float = INACCURATE_KKT,
+    can: Canonical | None = None,
 ) -> QPResult:
     """Project ``w`` onto the feasible set and assign honest statuses.
 
@@ -584,6 +587,7 @@ def finalize(
         active: (B,) bool; inactive problems get ``w = P_C(0)``, SOLVED, 0 iterations.
         solved_kkt: a converged problem is SOLVED only when its scaled KKT residual is at most
             this.
+        can: the :func:`canonicalize` form of ``qp``, if the solver has it (saves rebuilding it).
 
     Status (``kkt`` = scaled :func:`kkt_residual` of the projected ``w``): SOLVED if
     ``converged and kkt <= solved_kkt`` or ``kkt <= SOLVED_KKT`` (1e-9); else INACCURATE if
@@ -594,7 +598,7 @@ def finalize(
     w0 = torch.zeros_like(w)
     w = torch.where(active.unsqueeze(-1) & ~bad.unsqueeze(-1), w, w0)
     w = project_feasible(qp, w)
-    kkt = kkt_residual(qp, w, scaled=True)
+    kkt = kkt_residual(qp, w, scaled=True, can=can)
     solved = finite.squeeze(-1) & ((converged & (kkt <= solved_kkt)) | (kkt <= SOLVED_KKT))
     inacc = ~solved & (kkt <= INACCURATE_KKT)
     status = torch.full_like(iters, int(QPStatus.FAILED), dtype=torch.int8)

@@ -96,7 +96,7 @@ class EnumQPSolver:
             w = can.to_w(u)
             iters = torch.ones(qp.B, dtype=torch.int32, device=qp.device)
             return finalize(
-                qp, w, consistent, iters, can.bad, act, solved_kkt=INACCURATE_KKT
+                qp, w, consistent, iters, can.bad, act, solved_kkt=INACCURATE_KKT, can=can
             )
 
 

@@ -71,32 +71,40 @@ def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)
 
 
-def _max_step(x: Tensor, dx: Tensor, mask: Tensor) -> Tensor:
-    """Largest alpha with x + alpha dx >= 0 on ``mask``; (b, m) -> (b,) (inf if unbounded)."""
-    neg = mask & (dx < 0)
-    ratio = torch.where(neg, -x / torch.where(neg, dx, -1.0), float("inf"))
-    return ratio.amin(-1) if x.shape[-1] > 0 else torch.full_like(x[..., 0], float("inf"))
+def _chol_solve_cols(L: Tensor, b: Tensor) -> Tensor:
+    """Solve ``L L^T x = b`` for (b, m, k) right-hand-side columns; (b, m, k) result."""
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)
 
 
 @dataclass
 class _Work:
     """Per-problem working data of the IPM; rows = problems of the current working set (b).
 
-    ``idx`` (b,) global problem indices; ``P`` (b, m, m); ``c, ub, a`` (b, m); ``rho`` (b,);
-    ``has_eq`` (b,); ``lb, ubm`` (b, m) bound masks; ``ncomp`` (b,) number of bounds; iterate
-    ``u, z, y`` (b, m), ``nu`` (b,); ``iters`` (b,); ``conv`` (b,); ``extra`` (b,) diagonal shift.
+    ``idx`` (b,) global problem indices; ``P`` (b, m, m); ``c, a`` (b, m); ``rho`` (b,);
+    ``lb, ubm`` (b, m) bound masks; ``mask`` (b, 2m) = ``[lb, ubm]``; ``ubv`` (b, m) finite
+    upper bounds (0 where there is none); ``ncomp`` (b,) number of bounds; ``dfloor`` (b,)
+    ``1 + max|c|`` (the constant part of the dual residual scale); ``ptol`` (b,) primal
+    tolerance; iterate ``u, z, y`` (b, m), ``nu`` (b,); ``iters`` (b,); ``conv`` (b,); ``extra``
+    (b,) diagonal shift.
+
+    Invariant: ``z == 0`` where there is no lower bound (fixed variables) and ``y == 0`` where
+    there is no upper bound, so the complementarity products and the barrier diagonal need no
+    masking.
     """
 
     idx: Tensor
     P: Tensor
     c: Tensor
-    ub: Tensor
     a: Tensor
     rho: Tensor
-    has_eq: Tensor
     lb: Tensor
     ubm: Tensor
+    mask: Tensor
+    ubv: Tensor
     ncomp: Tensor
+    dfloor: Tensor
+    ptol: Tensor
     u: Tensor
     z: Tensor
     y: Tensor
@@ -163,7 +171,7 @@ class IPMQPSolver:
             if self.polish:
                 u = self._polish(can, u, z, y, nu)
             w = can.to_w(u)
-            return finalize(qp, w, conv, iters, can.bad, act)
+            return finalize(qp, w, conv, iters, can.bad, act, can=can)
 
     # ------------------------------------------------------------------------------------
     def _start(self, can: Canonical) -> tuple[Tensor, Tensor, Tensor]:
@@ -193,10 +201,12 @@ class IPMQPSolver:
             return U, Z, Y, NU, CONV, ITERS
         lb_all = ~can.fixed
         ubm_all = torch.isfinite(can.ub) & lb_all
-        ncomp_all = (lb_all.sum(-1) + ubm_all.sum(-1)).clamp_min(1).to(dt)
         W = _Work(
-            idx=torch.arange(B, device=dev), P=can.P, c=can.c, ub=can.ub, a=can.eq.to(dt), rho=can.rho,
-            has_eq=can.has_eq, lb=lb_all, ubm=ubm_all, ncomp=ncomp_all,
+            idx=torch.arange(B, device=dev), P=can.P, c=can.c, a=can.eq.to(dt), rho=can.rho,
+            lb=lb_all, ubm=ubm_all, mask=torch.cat([lb_all, ubm_all], -1),
+            ubv=torch.where(ubm_all, can.ub, 0.0),
+            ncomp=(lb_all.sum(-1) + ubm_all.sum(-1)).clamp_min(1).to(dt),
+            dfloor=1.0 + can.c.abs().amax(-1), ptol=tol * (1.0 + can.rho),
             u=U, z=Z, y=Y, nu=NU, iters=ITERS, conv=CONV,
             extra=torch.zeros(B, dtype=dt, device=dev),
         )
@@ -213,25 +223,19 @@ class IPMQPSolver:
 
         frac = self._fractions.to(device=dev, dtype=dt)
         while True:
-            P, c, a, lb, ubm = W.P, W.c, W.a, W.lb, W.ubm
             u, z, y, nu = W.u, W.z, W.y, W.nu
-            s = torch.where(ubm, W.ub - u, 1.0)
-            uu = torch.where(lb, u, 1.0)
-            Pu = _bmv(P, u)
-            rd = Pu + c - z + y - a * nu.unsqueeze(-1)
-            rp = (a * u).sum(-1) - W.rho
-            zu = torch.where(lb, z * u, 0.0)
-            ys = torch.where(ubm, y * s, 0.0)
-            mu = (zu.sum(-1) + ys.sum(-1)) / W.ncomp
-            dscale = 1.0 + torch.stack(
-                [Pu.abs().amax(-1), c.abs().amax(-1), z.abs().amax(-1), y.abs().amax(-1),
-                 nu.abs()], -1).amax(-1)
-            cmax = torch.maximum(zu.amax(-1), ys.amax(-1))
-            conv = (rd.abs().amax(-1) <= tol * dscale) & (rp.abs() <= tol * (1.0 + W.rho)) & (
-                cmax <= tol
-            )
-            running = ~W.conv & ~conv & (W.iters < self.max_iter)
+            s = torch.where(W.ubm, W.ubv - u, 1.0)
+            Pu = _bmv(W.P, u)
+            rd = Pu + W.c - z + y - W.a * nu.unsqueeze(-1)
+            rp = (W.a * u).sum(-1) - W.rho
+            comp = torch.cat([z * u, y * s], -1)  # (b, 2m); 0 where the bound is absent
+            mu = comp.sum(-1) / W.ncomp
+            # z, y >= 0, so their largest entry is their largest magnitude
+            dscale = torch.maximum(torch.cat([Pu.abs(), z, y], -1).amax(-1) + 1.0, W.dfloor)
+            dscale = torch.maximum(dscale, 1.0 + nu.abs())
+            conv = (rd.abs().amax(-1) <= tol * dscale) & (rp.abs() <= W.ptol) & (comp.amax(-1) <= tol)
             W.conv = W.conv | conv
+            running = ~W.conv & (W.iters < self.max_iter)
             n_run = int(running.sum())  # the one host sync per iteration
             if n_run == 0:
                 break
@@ -242,7 +246,7 @@ class IPMQPSolver:
                 W = W.gather(keep)
                 continue  # recompute residuals on the compacted set (cheap, keeps code simple)
 
-            self._step(W, running, rd, rp, zu, ys, mu, s, uu, any_eq, frac)
+            self._step(W, running, rd, rp, comp, mu, s, any_eq, frac)
 
         write_back(W)
         if logger.isEnabledFor(logging.DEBUG):
@@ -252,110 +256,110 @@ class IPMQPSolver:
 
     # ------------------------------------------------------------------------------------
     def _step(
-        self, W: _Work, running: Tensor, rd: Tensor, rp: Tensor, zu: Tensor, ys: Tensor,
-        mu: Tensor, s: Tensor, uu: Tensor, any_eq: bool, frac: Tensor,
+        self, W: _Work, running: Tensor, rd: Tensor, rp: Tensor, comp: Tensor, mu: Tensor,
+        s: Tensor, any_eq: bool, frac: Tensor,
     ) -> None:
         """One Mehrotra predictor-corrector step for the running problems of ``W`` (in place).
 
-        ``rd``/``rp``: dual/primal residuals (b, m)/(b,); ``zu``/``ys``: complementarity products
-        (0 where the bound is absent); ``s``: upper slacks (1 where absent); ``uu``: ``u`` (1 where
-        there is no lower bound).
+        ``rd``/``rp``: dual/primal residuals (b, m)/(b,); ``comp``: complementarity products
+        ``[z u, y s]`` (b, 2m), 0 where the bound is absent; ``s``: upper slacks (1 where
+        absent).
+
+        The bound pairs are handled as one block of 2m pairs ``(X1, X2)`` = ``([u, s], [z, y])``
+        with ``X1 X2 = comp``: for a right-hand side ``R`` (b, 2m) of the linearized
+        complementarity, ``dX2 = (R - X2 dX1) / X1`` with ``dX1 = [du, -du]`` (0 on absent upper
+        bounds).
         """
-        P, a, lb, ubm = W.P, W.a, W.lb, W.ubm
+        P, a, ubm = W.P, W.a, W.ubm
         u, z, y, nu = W.u, W.z, W.y, W.nu
-        eta = self.eta
-        # ---- Newton system
-        D = torch.where(lb, z / uu, 0.0) + torch.where(ubm, y / s, 0.0)
+        m = u.shape[-1]
+        uu = torch.where(W.lb, u, 1.0)
+        X1 = torch.cat([uu, s], -1)
+        X2 = torch.cat([z, y], -1)
+        # ---- Newton system: K = P + diag(z/u + y/s) (+ shifts); one Cholesky
+        D = z / uu + y / s
         K = P.clone()
-        K.diagonal(dim1=-2, dim2=-1).add_(D + self.shift + W.extra.unsqueeze(-1))
+        K.diagonal(dim1=-2, dim2=-1).add_(D + (self.shift + W.extra).unsqueeze(-1))
         L, info = torch.linalg.cholesky_ex(K)
         ok = info == 0
 
-        Ka: Tensor | None = None
-        aKa_safe: Tensor | None = None
-        if any_eq:
-            Ka = _chol_solve(L, a)
-            aKa = (a * Ka).sum(-1)
-            aKa_safe = torch.where(W.has_eq & (aKa > 0), aKa, 1.0)
+        def rhs_of(R: Tensor) -> Tensor:
+            return R[:, :m] / uu - R[:, m:] / s - rd
 
-        def direction(r_zl: Tensor, r_yu: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            rhs = torch.where(lb, r_zl / uu, 0.0) - torch.where(ubm, r_yu / s, 0.0) - rd
-            v = _chol_solve(L, rhs)
+        R_a = -comp
+        if any_eq:
+            # K^{-1} a and the predictor's K^{-1} rhs in one pair of triangular solves
+            sol = _chol_solve_cols(L, torch.stack([a, rhs_of(R_a)], -1))
+            Ka, v_a = sol[..., 0], sol[..., 1]
+            aKa = (a * Ka).sum(-1)
+            aKa_safe = torch.where(aKa > 0, aKa, 1.0)  # 0 only without an equality (a = 0)
+        else:
+            Ka = aKa_safe = None
+            v_a = _chol_solve(L, rhs_of(R_a))
+
+        def direction(R: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            """(dX (b, 4m) = [du, ds, dz, dy], dnu (b,)) from K^{-1} rhs ``v``."""
             if Ka is not None and aKa_safe is not None:
-                dnu = (-rp - (a * v).sum(-1)) / aKa_safe
-                dnu = torch.where(W.has_eq, dnu, 0.0)
+                dnu = (-rp - (a * v).sum(-1)) / aKa_safe  # 0 without an equality (a = 0, rp = 0)
                 du = v + dnu.unsqueeze(-1) * Ka
             else:
                 dnu = torch.zeros_like(rp)
                 du = v
-            dz = torch.where(lb, (r_zl - z * du) / uu, 0.0)
-            dy = torch.where(ubm, (r_yu + y * du) / s, 0.0)
-            return du, dz, dy, dnu
+            dX1 = torch.cat([du, torch.where(ubm, -du, 0.0)], -1)
+            dX2 = (R - X2 * dX1) / X1
+            return torch.cat([dX1, dX2], -1), dnu
 
-        X = torch.cat([u, s, z, y], -1)
-        XM = torch.cat([lb, ubm, lb, ubm], -1)
+        X = torch.cat([X1, X2], -1)
 
-        def step_len(du: Tensor, dz: Tensor, dy: Tensor) -> Tensor:
-            return _max_step(X, torch.cat([du, -du, dz, dy], -1), XM)
+        def step_len(dX: Tensor) -> Tensor:
+            """Largest step in [0, inf] keeping every bound pair nonnegative, (b,)."""
+            neg = dX < 0
+            return torch.where(neg, -X / torch.where(neg, dX, -1.0), float("inf")).amin(-1)
 
         # predictor
-        du_a, dz_a, dy_a, _ = direction(-zu, -ys)
-        al_a = step_len(du_a, dz_a, dy_a).clamp(max=1.0)
-        ala = al_a.unsqueeze(-1)
-        u_a = u + ala * du_a
-        mu_a = (
-            (torch.where(lb, u_a, 0.0) * (z + ala * dz_a)).sum(-1)
-            + (torch.where(ubm, s - ala * du_a, 0.0) * (y + ala * dy_a)).sum(-1)
-        ) / W.ncomp
-        sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, 1.0)) ** 3, 0.0)
-        sig = sig.clamp(0.0, 1.0)
-        smu = (sig * mu).unsqueeze(-1)
-        # corrector
-        r_zl = torch.where(lb, smu - zu - du_a * dz_a, 0.0)
-        r_yu = torch.where(ubm, smu - ys + du_a * dy_a, 0.0)
-        du, dz, dy, dnu = direction(r_zl, r_yu)
-        al = (eta * step_len(du, dz, dy)).clamp(max=1.0)
+        dX_a, _ = direction(R_a, v_a)
+        al_a = step_len(dX_a).clamp(max=1.0)
+        Xa = X + al_a.unsqueeze(-1) * dX_a
+        mu_a = (Xa[:, : 2 * m] * Xa[:, 2 * m :]).sum(-1) / W.ncomp
+        sig = torch.where(mu > 0, (mu_a / torch.where(mu > 0, mu, 1.0)) ** 3, 0.0).clamp(0.0, 1.0)
+        # corrector (Mehrotra): R = sigma mu - X1 X2 - dX1_a dX2_a on the present bounds
+        R = torch.where(W.mask, (sig * mu).unsqueeze(-1) - comp - dX_a[:, : 2 * m] * dX_a[:, 2 * m :], 0.0)
+        dX, dnu = direction(R, _chol_solve(L, rhs_of(R)))
+        al = (self.eta * step_len(dX)).clamp(max=1.0)
         al = torch.where(torch.isfinite(al), al, 1.0)
-        al = self._neighborhood(al, u, s, z, y, du, dz, dy, lb, ubm, W.ncomp, frac)
+        al = self._neighborhood(al, X, dX, W.mask, W.ncomp, frac)
         # one reduction: NaN/inf anywhere in the direction makes the sum non-finite
-        finite_dir = torch.isfinite(du.sum(-1) + dz.sum(-1) + dy.sum(-1) + dnu)
-        good = ok & finite_dir
+        good = ok & torch.isfinite(dX.sum(-1) + dnu)
         upd = running & good
-        alc = torch.where(upd, al, 0.0).unsqueeze(-1)
-        W.u = torch.where(upd.unsqueeze(-1), u + alc * du, u)
-        W.z = torch.where(upd.unsqueeze(-1), (z + alc * dz).clamp_min(0.0), z)
-        W.y = torch.where(upd.unsqueeze(-1), (y + alc * dy).clamp_min(0.0), y)
-        W.nu = torch.where(upd, nu + alc.squeeze(-1) * dnu, nu)
+        alc = torch.where(upd, al, 0.0)
+        stepX = torch.where(upd.unsqueeze(-1), alc.unsqueeze(-1) * dX, 0.0)
+        W.u = u + stepX[:, :m]
+        W.z = (z + stepX[:, 2 * m : 3 * m]).clamp_min(0.0)
+        W.y = (y + stepX[:, 3 * m :]).clamp_min(0.0)
+        W.nu = nu + torch.where(upd, alc * dnu, 0.0)
         fail = running & ~good
         W.extra = torch.where(fail, torch.clamp(W.extra * 100.0, min=1e-10), W.extra)
         W.iters = W.iters + running.to(W.iters.dtype)
 
     # ------------------------------------------------------------------------------------
     def _neighborhood(
-        self, al: Tensor, u: Tensor, s: Tensor, z: Tensor, y: Tensor, du: Tensor, dz: Tensor,
-        dy: Tensor, lb: Tensor, ubm: Tensor, ncomp: Tensor, frac: Tensor,
+        self, al: Tensor, X: Tensor, dX: Tensor, mask: Tensor, ncomp: Tensor, frac: Tensor,
     ) -> Tensor:
         """Backtrack the step (b,) over a fixed set of fractions so that every complementarity
         product stays above ``gamma_n`` times their new mean (wide neighborhood of the central
         path).  This prevents the two-cycles plain Mehrotra steps can fall into on degenerate
-        problems.  Fixed number of candidates, no host sync."""
-        rh = frac
-        A = (al.unsqueeze(-1) * rh).unsqueeze(-1)  # (b, k, 1)
-        un = u.unsqueeze(1) + A * du.unsqueeze(1)
-        zn = z.unsqueeze(1) + A * dz.unsqueeze(1)
-        sn = s.unsqueeze(1) - A * du.unsqueeze(1)
-        yn = y.unsqueeze(1) + A * dy.unsqueeze(1)
-        lbk, ubk = lb.unsqueeze(1), ubm.unsqueeze(1)
-        pl = un * zn
-        pu = sn * yn
-        big = torch.full_like(pl, float("inf"))
-        mun = (torch.where(lbk, pl, 0.0).sum(-1)
-               + torch.where(ubk, pu, 0.0).sum(-1)) / ncomp.unsqueeze(-1)
-        minp = torch.minimum(torch.where(lbk, pl, big).amin(-1), torch.where(ubk, pu, big).amin(-1))
+        problems.  Fixed number of candidates, no host sync.  ``X``/``dX``: the bound pairs and
+        their direction (b, 4m) as in :meth:`_step`; ``mask`` (b, 2m) the present bounds."""
+        h = X.shape[-1] // 2
+        A = (al.unsqueeze(-1) * frac).unsqueeze(-1)  # (b, k, 1)
+        Xn = X.unsqueeze(1) + A * dX.unsqueeze(1)  # (b, k, 4m)
+        prod = Xn[..., :h] * Xn[..., h:]  # (b, k, 2m); 0 on absent bounds
+        mun = prod.sum(-1) / ncomp.unsqueeze(-1)
+        minp = torch.where(mask.unsqueeze(1), prod, float("inf")).amin(-1)
         okk = minp >= self.gamma_n * mun  # (b, k); no bounds at all -> inf >= 0 -> True
         okk[:, -1] = True
         first = okk.to(torch.int8).argmax(-1)  # first acceptable fraction
-        return al * rh[first]
+        return al * frac[first]
 
     # ------------------------------------------------------------------------------------
     def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor) -> Tensor:

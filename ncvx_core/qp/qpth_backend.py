@@ -133,4 +133,4 @@ class QpthQPSolver:
                 torch.full((B,), self.max_iter, dtype=torch.int32, device=dev),
                 torch.zeros(B, dtype=torch.int32, device=dev),
             )
-            return finalize(qp, w, ok_all, iters, can.bad, act, solved_kkt=_SOLVED_KKT)
+            return finalize(qp, w, ok_all, iters, can.bad, act, solved_kkt=_SOLVED_KKT, can=can)
