@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimal-distortion restarts per sample (default: %(default)s); e.g. --min-restarts 1")
     g.add_argument("--min-maxit", type=_positive_int, default=500, metavar="K",
                    help="minimal-distortion iteration cap per sample (default: %(default)s); e.g. --min-maxit 200")
+    g.add_argument("--min-apgd-steps", type=_nonneg_int, default=8, metavar="K",
+                   help="minimal distortion, l1 / l2 / linf: APGD bisection steps below the PWCF radius (default: "
+                        "%(default)s; 0 reports PWCF alone); e.g. --min-apgd-steps 0")
     g.add_argument("--parallel-restarts", type=_positive_int, default=4, metavar="P",
                    help="PWCF restarts solved side by side in one batched solve, attacks (after restart 0) and "
                         "minimal distortion (default: %(default)s; 1 runs them one after the other, the least "
@@ -668,7 +671,9 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, first_index: int, dis
         sp = _sparsity(res.x_adv, x)
         for i in range(B):
             found = bool(res.success[i])
+            pr = res.pwcf_radius[i] if res.pwcf_radius is not None else res.radius[i]
             recs[i]["min_distortion"] = {"found": found, "radius": _f(res.radius[i]) if found else None,
+                                         "pwcf_radius": _f(pr) if bool(torch.isfinite(pr)) else None,
                                          "margin": _f(res.margin[i]), "sparsity": sp[i] if found else None,
                                          "iterations": int(res.iterations[i])}
             recs[i]["seconds"]["min-distortion"] = res.seconds / B
@@ -819,7 +824,8 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "threat": threat, "distance": getattr(distance, "name", threat), "eps": eps, "attacks": attacks,
         "min_distortion": bool(args.min_distortion), "n": n, "batch_size": args.batch_size, "seed": args.seed,
         "restarts": args.restarts, "maxit": args.maxit, "restart_maxit": args.restart_maxit,
-        "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "apgd_iter": args.apgd_iter,
+        "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
+        "apgd_iter": args.apgd_iter,
         "apgd_restarts": args.apgd_restarts, "box": args.box, "examples": args.examples, "dtype": args.dtype,
         "parallel_restarts": args.parallel_restarts, "device": str(device), "world_size": d.world, "threads": args.threads,
         "versions": _versions(), "command": shlex.join([PROG, *args.argv]),
@@ -932,7 +938,8 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
                   parallel_restarts=settings["parallel_restarts"]),
         min=dict(restarts=settings["min_restarts"], maxit=settings["min_maxit"],
                  restart_maxit=settings["restart_maxit"], box=settings["box"], dtype=getattr(torch, settings["dtype"]),
-                 parallel_restarts=settings["parallel_restarts"]),
+                 parallel_restarts=settings["parallel_restarts"], apgd_steps=settings["min_apgd_steps"],
+                 apgd_iter=settings["apgd_iter"]),
     )
     m64 = model_as(model, torch.float64)
     progress = _Progress(ctx["eps"], settings["min_distortion"])

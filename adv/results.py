@@ -138,6 +138,9 @@ class MinDistortionResult(_Saveable):
         status, iterations, restarts_used, seconds, verdict, continued: as in :class:`AttackResult`
             (the verdict is the judge's with ``bound = radius``).
         distance_name: the distance.
+        pwcf_radius: ``(B,)`` float64 judged radius of the PWCF point, before the APGD bisection
+            of :func:`adv.min_distortion` (equal to ``radius`` where the bisection is off or found
+            nothing closer); None in results saved before the field existed.
     """
 
     x_adv: Tensor
@@ -152,6 +155,7 @@ class MinDistortionResult(_Saveable):
     verdict: Verdict | None = None
     distance_name: str = ""
     continued: Tensor | None = None
+    pwcf_radius: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.success.shape[0])

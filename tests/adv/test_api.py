@@ -54,8 +54,9 @@ def _reference_radius(w, gval, p):
 def test_min_distortion_linear_reaches_the_analytic_radius(p):
     model, x, y, w, gval = _linear_setup()
     ref = _reference_radius(w, gval, p)
+    # PWCF alone (apgd_steps=0): the APGD bisection has its own tests (test_bisect.py)
     res = adv.min_distortion(model, x, y, Lp(p), restarts=1, maxit=250, restart_maxit=250, refine_steps=0,
-                             l1_slack=False)
+                             l1_slack=False, apgd_steps=0)
     assert isinstance(res, MinDistortionResult)
     assert res.success.all(), res.verdict.reason
     assert torch.allclose(res.radius, ref, rtol=1e-2), (res.radius, ref)
@@ -237,7 +238,8 @@ def test_results_save_load_and_to(tmp_path):
         MinDistortionResult.load(tmp_path / "a.pt")
     mres = adv.min_distortion(model, x, y, "l2", restarts=1, maxit=100, restart_maxit=100)
     mres.save(tmp_path / "m.pt")
-    assert torch.equal(MinDistortionResult.load(tmp_path / "m.pt").radius, mres.radius)
+    back_m = MinDistortionResult.load(tmp_path / "m.pt")
+    assert torch.equal(back_m.radius, mres.radius) and torch.equal(back_m.pwcf_radius, mres.pwcf_radius)
 
 
 def _tiny_mlp():

@@ -84,8 +84,11 @@ def test_rival_class_replaces_the_max_over_classes():
 
 def test_class_restarts_find_the_nearer_boundary_of_a_lower_ranked_class():
     model, x, y = _three_class()
-    plain = adv.min_distortion(model, x, y, "l2", restarts=1, class_restarts=0, maxit=100, restart_maxit=100)
-    with_cls = adv.min_distortion(model, x, y, "l2", restarts=2, class_restarts=1, maxit=100, restart_maxit=100)
+    # PWCF alone (apgd_steps=0): the APGD bisection would move the plain radius below 0.3
+    plain = adv.min_distortion(model, x, y, "l2", restarts=1, class_restarts=0, maxit=100, restart_maxit=100,
+                               apgd_steps=0)
+    with_cls = adv.min_distortion(model, x, y, "l2", restarts=2, class_restarts=1, maxit=100, restart_maxit=100,
+                                  apgd_steps=0)
     assert with_cls.success.all(), with_cls.verdict.reason
     torch.testing.assert_close(with_cls.radius, torch.full((2,), 0.1, dtype=D), rtol=1e-2, atol=0,
                                msg="class restart should reach the class-2 boundary at 0.1")

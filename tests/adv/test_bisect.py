@@ -1,0 +1,98 @@
+"""APGD bisection of minimal-distortion radii (adv.bisect) on affine classifiers, where the
+minimal lp distortion is known in closed form: it must approach that radius from above, never
+cross it, never return a worse point, and leave the samples it cannot help untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_api import _linear_setup, _reference_radius
+
+import adv
+from adv import Lp
+from adv.bisect import apgd_bisection, supports_apgd_bisection
+
+
+def _boundary_point(x, w, gval, p, factor):
+    """A point at ``factor`` times the minimal lp distance, beyond the decision boundary of the
+    affine classifier ``sign(w.x + b)`` (the minimiser of the lp norm, scaled)."""
+    r = _reference_radius(w, gval, p) * factor
+    s = -torch.sign(gval).unsqueeze(-1)
+    if p == 2:
+        d = w / w.norm()
+    elif math.isinf(p):
+        d = torch.sign(w)
+    else:  # p = 1: the coordinate of largest |w|
+        d = torch.zeros_like(w)
+        j = int(w.abs().argmax())
+        d[j] = torch.sign(w[j])
+    return x + s * r.unsqueeze(-1) * d.unsqueeze(0), r
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_bisection_approaches_the_analytic_radius_from_above(p):
+    model, x, y, w, gval = _linear_setup(B=4)
+    ref = _reference_radius(w, gval, p)
+    xa, r0 = _boundary_point(x, w, gval, p, 1.2)
+    v0 = adv.judge(model, x, y, xa, Lp(p), r0 * (1 + 1e-9))
+    assert v0.success.all()
+    out = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=10, span=0.5)
+    # the interval [0.6 r0, r0] = [0.72 ref, 1.2 ref] halves 10 times: 0.48 ref / 1024 < 5e-4 ref,
+    # and APGD finds an adversarial point at any eps above the radius of an affine classifier
+    assert out.improved.all()
+    assert (out.radius <= ref * (1 + 1e-3)).all(), (out.radius / ref)
+    assert (out.radius >= ref * (1 - 1e-9)).all()  # nothing closer than the true minimum exists
+    v = adv.judge(model, x, y, out.x_adv, Lp(p), out.radius)
+    assert v.success.all() and torch.equal(v.distance, out.radius)
+
+
+def test_bisection_never_returns_a_worse_point_and_skips_what_it_cannot_help():
+    model, x, y, w, gval = _linear_setup(B=4)
+    ref = _reference_radius(w, gval, 2.0)
+    xa, _ = _boundary_point(x, w, gval, 2.0, 1.0 + 1e-7)
+    v0 = adv.judge(model, x, y, xa, "l2", math.inf)
+    assert v0.misclassified.all()
+    radius = v0.distance.clone()
+    radius[2] = math.inf  # nothing found: must be skipped
+    xa[3] = x[3]
+    radius[3] = 0.0  # already misclassified / radius 0: skipped
+    # every bisection midpoint lies below the true radius: APGD cannot succeed anywhere
+    out = apgd_bisection(model, x, y, Lp(2.0), xa, radius, steps=4, span=0.5)
+    assert not out.improved.any()
+    assert torch.equal(out.radius, radius.to(torch.float64))
+    assert torch.equal(out.x_adv, xa)
+    assert (ref[:2] <= radius[:2]).all()
+
+
+def test_bisection_rejects_bad_arguments():
+    model, x, y, w, gval = _linear_setup(B=2)
+    r = torch.ones(2, dtype=torch.float64)
+    assert not supports_apgd_bisection(Lp(1.5)) and supports_apgd_bisection(Lp(math.inf))
+    with pytest.raises(ValueError, match="dist"):
+        apgd_bisection(model, x, y, Lp(1.5), x, r)
+    with pytest.raises(ValueError, match="steps"):
+        apgd_bisection(model, x, y, Lp(2.0), x, r, steps=-1)
+    with pytest.raises(ValueError, match="span"):
+        apgd_bisection(model, x, y, Lp(2.0), x, r, span=0.0)
+    with pytest.raises(ValueError, match="apgd_span"):
+        adv.min_distortion(model, x, y, "l2", apgd_span=1.5)
+    with pytest.raises(ValueError, match="apgd_steps"):
+        adv.min_distortion(model, x, y, "l2", apgd_steps=-2)
+
+
+def test_min_distortion_keeps_the_pwcf_radius_and_never_reports_a_larger_one():
+    model, x, y, w, gval = _linear_setup(B=3)
+    ref = _reference_radius(w, gval, math.inf)
+    kw = dict(restarts=1, maxit=60, restart_maxit=60, refine_steps=0)
+    off = adv.min_distortion(model, x, y, "linf", apgd_steps=0, **kw)
+    assert torch.equal(off.radius, off.pwcf_radius)
+    on = adv.min_distortion(model, x, y, "linf", **kw)
+    assert torch.equal(on.pwcf_radius, off.radius)  # same PWCF run (same seed)
+    assert (on.radius <= on.pwcf_radius).all() and (on.radius >= ref * (1 - 1e-9)).all()
+    v = adv.judge(model, x, y, on.x_adv, "linf", on.radius)
+    assert v.success.all() and torch.equal(v.distance, on.radius)
+    # no APGD for other distances: the PWCF radius is the answer
+    p15 = adv.min_distortion(model, x, y, Lp(1.5), restarts=1, maxit=40, restart_maxit=40)
+    assert torch.equal(p15.radius, p15.pwcf_radius)
