@@ -286,7 +286,8 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     over = time_limit is not None and time.monotonic() - t0 >= time_limit
     if apgd_steps and supports_apgd_bisection(dist) and not over:
         bis = apgd_bisection(model, x.detach(), y, dist, x_adv, torch.where(active, radius, inf), target=target,
-                             steps=apgd_steps, span=float(apgd_span), n_iter=apgd_iter, seed=seed)
+                             steps=apgd_steps, span=float(apgd_span), n_iter=apgd_iter, seed=seed,
+                             deadline=None if time_limit is None else t0 + time_limit)
         x_adv = bis.x_adv
         probe = judge(model, x, y, x_adv, dist, inf, target=target)
         radius = torch.where(probe.misclassified & probe.finite, probe.distance, inf)

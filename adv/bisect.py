@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +61,8 @@ class BisectionOutcome:
 
 def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tensor, radius: Tensor, *,
                    target: Tensor | None = None, steps: int = 8, span: float = 0.25, n_iter: int = 100,
-                   seed: int = 0, num_classes: int | None = None) -> BisectionOutcome:
+                   seed: int = 0, num_classes: int | None = None,
+                   deadline: float | None = None) -> BisectionOutcome:
     """Shrink verified radii by bisection with APGD (module docstring).
 
     Args:
@@ -75,6 +77,8 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
         seed: seed of APGD's random starts (step ``k`` uses ``seed + k``).
         num_classes: K, to decide whether the DLR loss applies (it needs K >= 3, targeted K >= 4);
             None: read from one model call.
+        deadline: a :func:`time.monotonic` value; no new bisection step starts after it (the
+            points found so far are kept).
     """
     if not supports_apgd_bisection(dist):
         raise ValueError(f"dist: expected the l1, l2 or l-infinity Lp distance, received {dist!r}")
@@ -103,6 +107,9 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
     best_d = hi.clone()
     calls = 0
     for k in range(steps):
+        if deadline is not None and time.monotonic() >= deadline:
+            logger.info("APGD bisection: time limit reached after %d of %d steps", k, steps)
+            break
         mid = 0.5 * (lo + hi)
         ok = torch.zeros_like(hi, dtype=torch.bool)
         for loss in losses:

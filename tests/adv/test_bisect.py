@@ -5,6 +5,7 @@ cross it, never return a worse point, and leave the samples it cannot help untou
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -96,3 +97,18 @@ def test_min_distortion_keeps_the_pwcf_radius_and_never_reports_a_larger_one():
     # no APGD for other distances: the PWCF radius is the answer
     p15 = adv.min_distortion(model, x, y, Lp(1.5), restarts=1, maxit=40, restart_maxit=40)
     assert torch.equal(p15.radius, p15.pwcf_radius)
+
+
+def test_targeted_bisection_and_deadline():
+    model, x, y, w, gval = _linear_setup(B=3)
+    ref = _reference_radius(w, gval, 2.0)
+    xa, r0 = _boundary_point(x, w, gval, 2.0, 1.2)
+    t = 1 - y  # two classes: the target is the other class
+    v0 = adv.judge(model, x, y, xa, "l2", r0 * (1 + 1e-9), target=t)
+    assert v0.success.all()
+    out = apgd_bisection(model, x, y, Lp(2.0), xa, v0.distance, target=t, steps=10, span=0.5)
+    assert (out.radius <= ref * (1 + 1e-3)).all() and (out.radius >= ref * (1 - 1e-9)).all()
+    assert adv.judge(model, x, y, out.x_adv, "l2", out.radius, target=t).success.all()
+    # a deadline in the past: no step is taken, nothing changes
+    late = apgd_bisection(model, x, y, Lp(2.0), xa, v0.distance, steps=10, deadline=time.monotonic() - 1.0)
+    assert late.attacks == 0 and not late.improved.any() and torch.equal(late.x_adv, xa)

@@ -138,6 +138,8 @@ def test_end_to_end_report_agrees_with_records_and_an_independent_check(tmp_path
             continue
         if md["found"]:
             assert md["radius"] >= lb[i] * (1 - 1e-9)
+            # the APGD bisection never reports a radius above PWCF's own
+            assert md["pwcf_radius"] is not None and md["radius"] <= md["pwcf_radius"]
         else:
             assert md["radius"] is None
         for pe in r["eps"]:
