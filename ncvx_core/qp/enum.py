@@ -1,12 +1,13 @@
 """Exact face enumeration for small box-constrained QPs (m <= 3, no equality).
 
 For each of the ``3^m`` faces of the box (every variable at its lower bound, at its upper bound
-or free) the free block of the stationarity condition is solved with a pseudo-inverse (the
-Hessian may be singular, even zero).  Every candidate that is feasible (up to round-off, then
-clipped) is a feasible point, so the smallest objective over the candidates is at least the
-optimum; and some optimum lies on a face whose free block is nonsingular (moving along a null
-direction keeps the objective constant until a bound is hit), so the smallest candidate
-objective *is* the optimum.  Candidates whose bound multipliers have the right signs
+or free) the free block of the stationarity condition is solved by the adjugate formula; faces
+whose free block is numerically singular (the Hessian may be singular, even zero) are skipped.
+Every candidate that is feasible (up to round-off, then clipped) is a feasible point, so the
+smallest objective over the candidates is at least the optimum; and some optimum lies on a face
+whose free block is nonsingular (moving along a null direction keeps the objective constant
+until a bound is hit; the face with every variable at a bound has an empty free block), so the
+smallest candidate objective *is* the optimum.  Candidates whose bound multipliers have the right signs
 ("consistent" faces) are preferred among near-ties.
 
 Pure batched tensor ops, no data-dependent Python control flow and no host sync in the solve
@@ -41,6 +42,7 @@ logger = logging.getLogger("ncvx_core.qp")
 _FEAS_TOL = 1e-9  # scaled units (variables in [0, 1], objective O(1))
 _SIGN_TOL = 1e-8
 _TIE_TOL = 1e-12
+_DET_TOL = 1e-13  # relative (to Hadamard's bound) determinant below which a face block is singular
 
 _FACE_CACHE: dict[tuple[int, str], Tensor] = {}
 
@@ -100,6 +102,41 @@ class EnumQPSolver:
             )
 
 
+def _small_solve(A: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve ``A x = b`` for many tiny systems by the adjugate formula (``m <= 3``, elementwise
+    tensor ops: no LAPACK call, whose per-matrix cost dominates at these sizes).
+
+    ``A``: (..., m, m); ``b``: (..., m). Returns ``x`` (..., m) and ``regular`` (...) bool: the
+    determinant is above ``_DET_TOL`` relative to the product of the row norms (Hadamard's bound),
+    i.e. the system is numerically nonsingular; ``x`` is meaningless where it is not.
+    """
+    m = A.shape[-1]
+    rows = A.norm(dim=-1).prod(-1)
+    if m == 1:
+        det = A[..., 0, 0]
+        adj = torch.ones_like(A)
+    elif m == 2:
+        a, b_, c, d = A[..., 0, 0], A[..., 0, 1], A[..., 1, 0], A[..., 1, 1]
+        det = a * d - b_ * c
+        adj = torch.stack([torch.stack([d, -b_], -1), torch.stack([-c, a], -1)], -2)
+    elif m == 3:
+        # cofactor C_ij = (-1)^(i+j) M_ij; adj = C^T
+        def cof(i: int, j: int) -> Tensor:
+            r = [k for k in range(3) if k != i]
+            c_ = [k for k in range(3) if k != j]
+            mnr = A[..., r[0], c_[0]] * A[..., r[1], c_[1]] - A[..., r[0], c_[1]] * A[..., r[1], c_[0]]
+            return mnr if (i + j) % 2 == 0 else -mnr
+
+        C = [[cof(i, j) for j in range(3)] for i in range(3)]
+        det = A[..., 0, 0] * C[0][0] + A[..., 0, 1] * C[0][1] + A[..., 0, 2] * C[0][2]
+        adj = torch.stack([torch.stack([C[j][i] for j in range(3)], -1) for i in range(3)], -2)
+    else:  # pragma: no cover - callers guarantee m <= 3
+        raise ValueError(f"_small_solve: expected m <= 3, received m={m}")
+    regular = torch.isfinite(det) & (det.abs() > _DET_TOL * rows)
+    x = bmv(adj, b) / torch.where(regular, det, torch.ones_like(det)).unsqueeze(-1)
+    return x, regular
+
+
 def _enum_solve(can: Canonical) -> tuple[Tensor, Tensor]:
     """Enumerate the faces of the canonical (scaled, box-only) problem.
 
@@ -123,10 +160,13 @@ def _enum_solve(can: Canonical) -> tuple[Tensor, Tensor]:
     Pf = torch.where(outer.unsqueeze(0), Pb, torch.zeros_like(Pb))  # (B, F, m, m)
     rhs = -(c.unsqueeze(1) + bmv(Pb, uA))  # (B, F, m)
     rhs = torch.where(free.unsqueeze(0), rhs, torch.zeros_like(rhs))
-    uF = bmv(torch.linalg.pinv(Pf, hermitian=True), rhs)
+    # the free block with the identity on the bound variables: block diagonal, so its inverse
+    # solves the free block and leaves the bound variables (rhs 0) at 0
+    Pf = Pf + torch.diag_embed((~free).to(P.dtype)).unsqueeze(0)
+    uF, regular = _small_solve(Pf, rhs)
     u = torch.where(free.unsqueeze(0), uF, uA)  # (B, F, m)
     ubb = ub.unsqueeze(1)
-    feas = ((u >= -_FEAS_TOL) & (u <= ubb + _FEAS_TOL)).all(-1) & face_ok
+    feas = ((u >= -_FEAS_TOL) & (u <= ubb + _FEAS_TOL)).all(-1) & face_ok & regular
     feas &= torch.isfinite(u).all(-1)
     u = torch.minimum(torch.maximum(u, torch.zeros_like(u)), ubb)
     u = torch.where(torch.isfinite(u), u, torch.zeros_like(u))
