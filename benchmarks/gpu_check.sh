@@ -3,7 +3,7 @@
 # has Python with a CUDA build of torch preinstalled (no network needed):
 #   (a) nvidia-smi and versions,
 #   (b) `pytest -q -m gpu tests` when pytest (and the tests' imports) are available and GPU tests exist,
-#   (c) bench_overhead.py, bench_scaling.py and bench_linesearch.py with --device cuda.
+#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py and bench_host_sync.py with --device cuda.
 # Results go to $OUT when it is set (else benchmarks/results/); a log of everything to gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
@@ -78,6 +78,10 @@ say "== (c) bench_linesearch.py --device $DEV"
 run timeout 45 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES" \
   --workloads mlp-attack,cnn-attack --batch 256 --repeats 1 \
   || say "bench_linesearch.py: exit code $?"
+
+say "== (c) bench_host_sync.py --device $DEV"
+run timeout 30 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
+  || say "bench_host_sync.py: exit code $?"
 
 say "== done; results in $RES"
 ls -l "$RES" | tee -a "$LOG"

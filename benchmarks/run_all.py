@@ -47,6 +47,7 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
                         "--n-sweep", "64,1024,3072,12288,150528", "--budget", "300"],
             "reference": ["--batches", "32,64,256", "--ref-max", "32", "--loop-max", "16"],
             "linesearch": ["--workloads", "mlp-attack,cnn-attack", "--batch", "1024"],
+            "host_sync": [],
         }
     if quick:
         return {
@@ -57,6 +58,7 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
             "reference": ["--batches", "16", "--maxit", "50", "--small-batch", "4", "--loop-max", "8"],
             "adv": ["--quick"],
             "linesearch": ["--batch", "32", "--adv-images", "10", "--repeats", "1"],
+            "host_sync": ["--maxit", "10"],
         }
     return {
         "qp": ["--loop-seconds", "6"],
@@ -67,6 +69,7 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
         "reference": ["--batches", "32,64,256", "--ref-max", "32", "--loop-max", "32"],
         "adv": [],
         "linesearch": [],
+        "host_sync": [],
     }
 
 
@@ -74,9 +77,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="qp,overhead,scaling,reference,adv,linesearch",
-                    help="comma-separated subset of qp, overhead, scaling, reference, adv, linesearch (run in this "
-                         "order; adv is CPU only)")
+    ap.add_argument("--only", default="qp,overhead,scaling,reference,adv,linesearch,host_sync",
+                    help="comma-separated subset of qp, overhead, scaling, reference, adv, linesearch, host_sync (run "
+                         "in this order; adv is CPU only)")
     ap.add_argument("--out", default=None, help="results directory (default benchmarks/results, or $OUT)")
     ap.add_argument("--ref-python", default=None, help="interpreter for bench_reference.py (default: auto)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per script")

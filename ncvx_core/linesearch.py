@@ -319,9 +319,9 @@ class WeakWolfe:
             # value-only trials: remember the last trial step; accepted points get a gradient later
             ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
         else:
-            sel = rows[take]
-            if sel.numel():
-                _put_rows(ls.best, sel, tree_rows(trial, take))
+            ti = take.nonzero().squeeze(1)  # one host sync (sizes the copy), then integer gathers
+            if ti.numel():
+                _put_rows(ls.best, rows[ti], tree_rows(trial, ti))
         ls.alpha = ls.alpha.index_copy(0, rows, torch.where(take, tr, ls.alpha[rows]))
         ls.beta = ls.beta.index_copy(0, rows, torch.where(lower_beta, tr, ls.beta[rows]))
         ls.done_ok = ls.done_ok.index_copy(0, rows, ok)

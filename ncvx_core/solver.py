@@ -182,15 +182,18 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
         better_b = ok & (f < best.f[rows])
         better_mf = ok & (f < mf.f[rows])
 
-    def put(rec: Record, better: Tensor) -> Record:
-        # in place: the record tensors belong to the solver state being stepped
-        sel = rows[better]
-        if sel.numel():
+    # in place: the record tensors belong to the solver state being stepped. One host sync (the
+    # nonzero) sizes the copy for both records; the fields are then moved with integer indices and
+    # masks, never by boolean indexing (one sync per field on a GPU)
+    bi = (better_b | better_mf).nonzero().squeeze(1)
+    if bi.numel():
+        sel = rows[bi]
+        for rec, better in ((best, better_b), (mf, better_mf)):
+            m = better[bi]
             for full, part in zip(rec, new):
-                full[sel] = part[better]
-        return rec
-
-    return put(best, better_b), put(mf, better_mf)
+                p = part[bi]
+                full[sel] = torch.where(bmask(m, p), p.to(full.dtype), full[sel])
+    return best, mf
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,10 +489,13 @@ class _Solver:
         qp_failed = torch.zeros(k, dtype=torch.bool, device=self.device)
         qn = level == 2
         steer_lanes = level <= 1
-        if bool(qn.any()):
+        rand = level == 4
+        # one host read for the three yes/no branch checks
+        any_qn, any_steer, any_rand = torch.stack([qn.any(), steer_lanes.any(), rand.any()]).tolist()
+        if any_qn:
             d_qn = -self.hess.matmul(st.H, gphi.unsqueeze(2)).squeeze(2)
             d = torch.where(bmask(qn, d), d_qn, d)
-        if self.constrained and bool(steer_lanes.any()):
+        if self.constrained and any_steer:
             rows = torch.nonzero(steer_lanes).flatten()
             Hsub = st.H if rows.numel() == k else tree_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
@@ -500,8 +506,7 @@ class _Solver:
             d = d.index_copy(0, rows, res.d)
             mu_new = mu.index_copy(0, rows, res.mu)
             qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)
-        rand = level == 4
-        if bool(rand.any()):
+        if any_rand:
             rows = torch.nonzero(rand).flatten().tolist()
             g_new = _gphi(ev, viol, mu_new)
             for r in rows:  # rare: level 4 is off by default; one generator per problem keeps batches independent

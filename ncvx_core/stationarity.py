@@ -190,15 +190,15 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
         if lmax == 1:
             # one sample: the equality fixes sigma = mu, leaving a box QP over the p + q constraint
             # multipliers (solved exactly by face enumeration when p + q <= 3)
-            free = torch.ones(w, dtype=torch.bool, device=dev)
-            free[q] = False
+            # integer indices built on the host: boolean-mask indexing would synchronise
+            free = torch.tensor([i for i in range(w) if i != q], dtype=torch.long, device=dev)
             sigma = mu.double()
-            Qf = Qm[:, free][:, :, free]
-            qf = linm[:, free] + Qm[:, free, q] * sigma.unsqueeze(1)
+            Qf = Qm.index_select(1, free).index_select(2, free)
+            qf = linm.index_select(1, free) + Qm[:, :, q].index_select(1, free) * sigma.unsqueeze(1)
             z1 = torch.empty(k, w, dtype=f64, device=dev)
             z1[:, q] = sigma
             if w > 1:
-                res = qp.solve(BoxQP(Q=Qf, q=qf, lo=lo[:, free].contiguous(), hi=hi[:, free].contiguous()), tol=qp_tol)
+                res = qp.solve(BoxQP(Q=Qf, q=qf, lo=lo.index_select(1, free), hi=hi.index_select(1, free)), tol=qp_tol)
                 z1[:, free] = res.w
                 return z1, ok & (res.status != QPStatus.FAILED)
             return z1, ok

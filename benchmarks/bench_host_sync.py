@@ -1,0 +1,112 @@
+"""Host synchronisations per solver iteration, counted on any device.
+
+Counts, with :class:`ncvx_core.testing.sync.SyncCounter`, the dispatched operations that make the
+host wait for a CUDA device (scalar reads, ``nonzero``, boolean-mask indexing, ``unique``) during
+whole solves, and where in the solver they come from. The problem function's own operations are
+reported apart ("problem function"). On a CPU the same operations cost nothing special; the count
+is what a GPU run would synchronise on, so it tracks the "no host synchronisation inside an
+iteration" goal without a GPU. The dispatch mode slows every operation down: no times here.
+
+Workloads (``maxit`` 20, ``opt_tol`` = ``viol_ineq_tol`` = 1e-6):
+
+* ``mlp``: max-loss l2 attack (eps 0.75) on the digits MLP of ``bench_reference.py``, ``--batch``
+  problems, L-BFGS 10 and full BFGS;
+* ``cnn``: the same attack on the random-weight CNN of ``bench_overhead.py`` (n = 3072), eps 0.05,
+  ``--cnn-batch`` problems, L-BFGS 10.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_host_sync.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    AttackProblem,
+    add_common_args,
+    cnn_inputs,
+    correctly_classified,
+    fmt,
+    log,
+    make_cnn,
+    md_table,
+    out_path,
+    setup,
+    status_counts,
+    train_digits_mlp,
+    write_results,
+)
+
+from ncvx_core import SolverOptions, solve  # noqa: E402
+from ncvx_core.testing.sync import SyncCounter  # noqa: E402
+
+TOP_SITES = 8
+
+
+def count(P: Any, x0: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
+    with SyncCounter(sites=True) as c:
+        res = solve(P, x0, SolverOptions(print_level=0, **opts))
+    passes = int(res.iters.max())
+    user = c.sites.get("problem function", 0)
+    ours = c.n - user
+    return dict(res=res, passes=passes, total=c.n, user=user, ours=ours,
+                per_pass=ours / max(passes, 1), sites=c.sites)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap, default_out="host_sync")
+    ap.add_argument("--batch", type=int, default=64, help="problems of the MLP workloads (default 64)")
+    ap.add_argument("--cnn-batch", type=int, default=16, help="problems of the CNN workload (default 16)")
+    ap.add_argument("--maxit", type=int, default=20)
+    args = ap.parse_args()
+    for name in ("batch", "cnn_batch", "maxit"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    device, dtype = setup(args)
+    t0 = time.perf_counter()
+    base = dict(maxit=args.maxit, opt_tol=1e-6, viol_ineq_tol=1e-6)
+    runs: list[tuple[str, dict[str, Any]]] = []
+    log("[mlp]")
+    model, Xte, yte, _ = train_digits_mlp(device, dtype, seed=args.seed)
+    x, y = correctly_classified(model, Xte, yte, args.batch)
+    P = AttackProblem(model, x, y, 0.75)
+    for mem, label in ((10, "L-BFGS 10"), (0, "full BFGS")):
+        runs.append((f"digits MLP attack, B = {x.shape[0]}, n = 64, {label}",
+                     count(P, P.x0(seed=args.seed), dict(base, limited_mem_size=mem))))
+    log("[cnn]")
+    cnn = make_cnn(device, dtype, seed=args.seed)
+    xc, yc = cnn_inputs(cnn, args.cnn_batch, seed=args.seed)
+    Pc = AttackProblem(cnn, xc, yc, 0.05)
+    runs.append((f"CNN attack, B = {args.cnn_batch}, n = 3072, L-BFGS 10",
+                 count(Pc, Pc.x0(seed=args.seed), dict(base, limited_mem_size=10))))
+
+    head = ["workload", "outer passes", "sync ops (solver)", "per pass", "sync ops in the problem function",
+            "status"]
+    rows = [[name, r["passes"], r["ours"], fmt(r["per_pass"]), r["user"], status_counts(r["res"].status)]
+            for name, r in runs]
+    body = [
+        "Sync ops = dispatched operations that synchronise with the host on a CUDA device "
+        "(`ncvx_core.testing.sync.SyncCounter`). 'per pass' divides the solver's own count by the "
+        "number of outer passes (the most iterations of any problem).\n",
+        md_table(head, rows),
+        "\nWhere the solver's sync ops come from (innermost `ncvx_core` function, most frequent first):\n",
+    ]
+    for name, r in runs:
+        top = [(k, v) for k, v in r["sites"].most_common() if k != "problem function"][:TOP_SITES]
+        body.append(f"- {name}: " + "; ".join(f"`{k}` {v}" for k, v in top) + ".\n")
+    body.append(f"\nScript wall time: {time.perf_counter() - t0:.0f} s.\n")
+    write_results(out_path(args, "host_sync", device), "Host synchronisations per solver iteration", device, body)
+
+
+if __name__ == "__main__":
+    main()
