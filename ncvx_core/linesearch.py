@@ -221,9 +221,9 @@ class WeakWolfe:
                 tr = ls.t[rows]
                 xr = x0[rows] + tr.unsqueeze(1) * d[rows]
                 trial = prob.peek(xr, rows, grad) if quiet else prob.evaluate(xr, rows, grad)
-                failed = self._consume(ls, prob, quiet, rows, tr, trial, x0, phi0, s0, d, nexpmax)
+                failed, n_failed = self._consume(ls, prob, quiet, rows, tr, trial, x0, phi0, s0, d, nexpmax)
                 if spec > 1:
-                    self._observe(failed)
+                    self._observe(failed, n_failed)
                 continue
             # the serial search's next trials if each failed sufficient decrease: bisection towards alpha
             a_r, thr_r, ev_r, bud_r = ls.alpha[rows], thr[rows], ls.evals[rows], budget[rows]
@@ -244,9 +244,9 @@ class WeakWolfe:
                 if live.numel() == 0:
                     break
                 sel = pos[live, i]
-                failed = self._consume(ls, prob, quiet, rows[live], Tm[live, i], tree_rows(trials, sel),
-                                       x0, phi0, s0, d, nexpmax)
-                self._observe(failed)
+                failed, n_failed = self._consume(ls, prob, quiet, rows[live], Tm[live, i], tree_rows(trials, sel),
+                                                 x0, phi0, s0, d, nexpmax)
+                self._observe(failed, n_failed)
                 on = torch.zeros_like(on).index_copy(0, live, failed)
         alpha, evals, status, best, done_ok = ls.alpha, ls.evals, ls.status, ls.best, ls.done_ok
         last_value_trial_t = ls.last_value_trial_t
@@ -273,11 +273,14 @@ class WeakWolfe:
     _SPEC_MIN_TRIALS = 16
     _SPEC_DECAY = 0.98
 
-    def _observe(self, failed: Tensor) -> None:
-        """Record trial outcomes (``failed``: bool, failed sufficient decrease)."""
+    def _observe(self, failed: Tensor, n_failed: int | None = None) -> None:
+        """Record trial outcomes (``failed``: bool, failed sufficient decrease). ``n_failed``: their
+        count when the host already knows it (then the count stays on the host and the width needs
+        no synchronisation); None: summed on the device."""
         n = failed.numel()
         if n:
-            self._n_fail = self._SPEC_DECAY ** n * self._n_fail + failed.sum(dtype=torch.float64)
+            count = failed.sum(dtype=torch.float64) if n_failed is None else float(n_failed)
+            self._n_fail = self._SPEC_DECAY ** n * self._n_fail + count
             self._n_trials = self._SPEC_DECAY ** n * self._n_trials + n
 
     def _width(self, spec: int, room: int) -> int:
@@ -297,9 +300,14 @@ class WeakWolfe:
         return w
 
     def _consume(self, ls: _State, prob: LineSearchProblem, quiet: bool, rows: Tensor, tr: Tensor, trial: Trial,
-                 x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor) -> Tensor:
+                 x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor) -> tuple[Tensor, int | None]:
         """Apply one trial per problem ``rows`` (unique) at steps ``tr``; returns ``(len(rows),)``
-        bool: the trial failed sufficient decrease (the search bisects towards alpha next)."""
+        bool: the trial failed sufficient decrease (the search bisects towards alpha next), and
+        their number when it is known on the host without a synchronisation (else None).
+
+        Every row either is taken (accepted, or its lower bracket end moves up) or failed
+        sufficient decrease, never both; so the failures number ``len(rows)`` minus the taken
+        rows, which the copy of the taken trials has counted already."""
         if quiet and not self.backtracking:
             prob.record(trial, rows)
         ls.evals = ls.evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
@@ -315,11 +323,13 @@ class WeakWolfe:
         raise_alpha = ~ok & ~armijo_fail & curv_fail
         lower_beta = ~ok & armijo_fail
         take = ok | raise_alpha
+        n_failed: int | None = None
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
             ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
         else:
             ti = take.nonzero().squeeze(1)  # one host sync (sizes the copy), then integer gathers
+            n_failed = rows.numel() - ti.numel()
             if ti.numel():
                 _put_rows(ls.best, rows[ti], tree_rows(trial, ti))
         ls.alpha = ls.alpha.index_copy(0, rows, torch.where(take, tr, ls.alpha[rows]))
@@ -336,7 +346,7 @@ class WeakWolfe:
         give_up = ~ok & ~bracketed & ~can_expand
         ls.status = ls.status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, ls.status[rows]).to(torch.int8))
         ls.searching = ls.searching.index_copy(0, rows, ls.searching[rows] & ~give_up)
-        return lower_beta
+        return lower_beta, n_failed
 
 
 class Backtracking(WeakWolfe):

@@ -63,9 +63,27 @@ def test_record_and_line_search_copies_sync_once_per_call():
     x0 = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     rec: list[int] = []
     con: list[int] = []
-    with counted(S, "_update_records", rec), counted(L.WeakWolfe, "_consume", con):
-        res = solve(_problem, x0, SolverOptions(maxit=15, print_level=0, linesearch_speculation=1))
-    assert int(res.iters.max()) > 3 and rec and con
+    wid: list[int] = []
+    orig = L.WeakWolfe._consume
+    checked = []
+
+    def consume(self, *args):  # type: ignore[no-untyped-def]
+        failed, n_failed = orig(self, *args)
+        checked.append((failed.clone(), n_failed))  # compared after the run (no sync here)
+        return failed, n_failed
+
+    L.WeakWolfe._consume = consume
+    try:
+        with counted(S, "_update_records", rec), counted(L.WeakWolfe, "_consume", con), \
+                counted(L.WeakWolfe, "_width", wid):
+            res = solve(_problem, x0, SolverOptions(maxit=15, print_level=0))
+    finally:
+        L.WeakWolfe._consume = orig
+    assert int(res.iters.max()) > 3 and rec and con and wid
+    # the host-side failure count is exact: every row is either taken or failed
+    assert checked and all(n == int(f.sum()) for f, n in checked)
+    # the speculation width reads failure counts kept on the host
+    assert max(wid) == 0, wid
     # best and most-feasible records: one nonzero for both, however many fields a record has
     assert max(rec) <= 1, rec
     # consuming a round: one nonzero to copy the accepted trials (however many fields a trial
