@@ -54,10 +54,10 @@ RESULT_KEYS = (
     "model_fingerprint", "data_fingerprint", "num_samples", "input_shape",
     "num_classes", "threat", "eps", "attacks", "min_distortion", "n", "batch_size", "seed", "restarts",
     "maxit", "restart_maxit", "min_restarts", "min_maxit", "apgd_iter", "apgd_restarts", "box",
-    "examples", "dtype", "parallel_restarts",
+    "examples", "dtype", "parallel_restarts", "min_apgd_steps",
 )
 #: values of result keys added after a run format was first written (what older runs used)
-_LEGACY_DEFAULTS: dict[str, Any] = {"parallel_restarts": 1}
+_LEGACY_DEFAULTS: dict[str, Any] = {"parallel_restarts": 1, "min_apgd_steps": 0}
 
 
 def rank_file(out_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -249,7 +249,10 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The :data:`RESULT_KEYS` whose values differ, as ``"key: old -> new"`` strings."""
     out = []
     new_j = json.loads(json.dumps(jsonable(new)))  # the form it takes in settings.json
+    no_min = not old.get("min_distortion") and not new_j.get("min_distortion")
     for k in RESULT_KEYS:
+        if no_min and k == "min_apgd_steps":
+            continue  # added later; irrelevant without minimal distortion
         a, b = old.get(k, _LEGACY_DEFAULTS.get(k)), new_j.get(k)
         if a != b:
             out.append(f"{k}: {json.dumps(a)} there, {json.dumps(b)} now")

@@ -347,6 +347,13 @@ def test_settings_mismatch_names_the_keys():
     assert rec_io.settings_mismatch(legacy, old) == []
     assert [d.split(":")[0] for d in rec_io.settings_mismatch(legacy, dict(old, parallel_restarts=4))] == [
         "parallel_restarts"]
+    # a run written before --min-apgd-steps existed had no APGD bisection (0); the setting only
+    # matters when minimal distortion is computed
+    pre = {k: v for k, v in old.items() if k != "min_apgd_steps"}
+    assert rec_io.settings_mismatch(pre, dict(old, min_apgd_steps=0)) == []
+    assert [d.split(":")[0] for d in rec_io.settings_mismatch(pre, dict(old, min_apgd_steps=8))] == ["min_apgd_steps"]
+    pre_nomin = dict(pre, min_distortion=False)
+    assert rec_io.settings_mismatch(pre_nomin, dict(old, min_distortion=False, min_apgd_steps=8)) == []
 
 
 def test_batch_seed_depends_on_seed_and_first_index_only():
