@@ -80,7 +80,7 @@ run timeout 45 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES"
   || say "bench_linesearch.py: exit code $?"
 
 say "== (c) bench_host_sync.py --device $DEV"
-run timeout 30 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
+run timeout 20 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
   || say "bench_host_sync.py: exit code $?"
 
 say "== done; results in $RES"
