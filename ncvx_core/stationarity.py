@@ -3,6 +3,7 @@ gradient-sampling termination QP, batched over problems."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -77,7 +78,8 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
         d = torch.linalg.vector_norm(x[r] - cache.X[rows[r], j], dim=1).to(lo.dtype)
         lo[r, j] = d
         hi[r, j] = d
-    onehot = torch.nn.functional.one_hot(slot, L).bool()  # (k, L)
+    # (k, L); a comparison, not one_hot, which reads the index range back to the host
+    onehot = torch.arange(L, device=slot.device) == slot.unsqueeze(1)
     nb = (filled & (hi <= evaldist) & ~onehot) | onehot
     lo = torch.where(onehot, 0.0, lo)
     hi = torch.where(onehot, 0.0, hi)
@@ -129,7 +131,10 @@ def stationarity_qp(
     # fixed variables) to a size that depends on its own neighbourhood only, so its answer does not
     # depend on the batch it is solved in, with at most log4(L) + 1 QP calls
     bucket = torch.clamp(4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), max=L)
-    sizes = torch.unique(bucket).tolist()  # one small host sync: sizes the QPs
+    # the possible sizes are known on the host; one small read says which occur (sizes the QPs)
+    cands = sorted({min(4 ** j, L) for j in range(int(math.log(max(L, 1), 4)) + 2)})
+    occurs = (bucket.unsqueeze(1) == torch.tensor(cands, device=bucket.device)).any(0).tolist()
+    sizes = [c for c, o in zip(cands, occurs) if o]
     if len(sizes) == 1:
         return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
     stat = torch.empty(counts.shape[0], dtype=ci.dtype, device=ci.device)

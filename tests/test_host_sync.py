@@ -72,10 +72,11 @@ def test_record_and_line_search_copies_sync_once_per_call():
         checked.append((failed.clone(), n_failed))  # compared after the run (no sync here)
         return failed, n_failed
 
+    cac: list[int] = []
     L.WeakWolfe._consume = consume
     try:
         with counted(S, "_update_records", rec), counted(L.WeakWolfe, "_consume", con), \
-                counted(L.WeakWolfe, "_width", wid):
+                counted(L.WeakWolfe, "_width", wid), counted(S, "cache_insert", cac):
             res = solve(_problem, x0, SolverOptions(maxit=15, print_level=0))
     finally:
         L.WeakWolfe._consume = orig
@@ -84,6 +85,8 @@ def test_record_and_line_search_copies_sync_once_per_call():
     assert checked and all(n == int(f.sum()) for f, n in checked)
     # the speculation width reads failure counts kept on the host
     assert max(wid) == 0, wid
+    # the gradient cache: one nonzero for the points whose distance bounds straddle evaldist
+    assert cac and max(cac) <= 1, cac
     # best and most-feasible records: one nonzero for both, however many fields a record has
     assert max(rec) <= 1, rec
     # consuming a round: one nonzero to copy the accepted trials (however many fields a trial
