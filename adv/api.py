@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from adv.apgd import apgd as _apgd
-from adv.bisect import apgd_bisection, supports_apgd_bisection
+from adv.bisect import apgd_bisection, check_span, supports_apgd_bisection
 from adv.checks import check_eps, check_inputs
 from adv.distances import Distance, Lp, parse_distance
 from adv.judge import judge
@@ -240,7 +240,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
         :class:`adv.MinDistortionResult`: ``radius`` is the judged float64 distance of the returned
         clipped point where the judge confirms the misclassification, ``inf`` elsewhere.
     """
-    check_inputs(model, x, y, target=target)
+    K = check_inputs(model, x, y, target=target)
     B = x.shape[0]
     dist = parse_distance(distance)
     time_limit, dtype = _check_run(restarts, maxit, restart_maxit, time_limit, dtype, init)
@@ -249,8 +249,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     _check_int("parallel_restarts", parallel_restarts, 1)
     _check_int("apgd_steps", apgd_steps, 0)
     _check_int("apgd_iter", apgd_iter, 1)
-    if isinstance(apgd_span, bool) or not isinstance(apgd_span, (int, float)) or not (0.0 < float(apgd_span) <= 1.0):
-        raise ValueError(f"apgd_span must be a number in (0, 1], got {apgd_span!r}")
+    check_span("apgd_span", apgd_span)
     if not (float(init_scale) > 0):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
     t0 = time.monotonic()
@@ -287,7 +286,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     if apgd_steps and supports_apgd_bisection(dist) and not over:
         bis = apgd_bisection(model, x.detach(), y, dist, x_adv, torch.where(active, radius, inf), target=target,
                              steps=apgd_steps, span=float(apgd_span), n_iter=apgd_iter, seed=seed,
-                             deadline=None if time_limit is None else t0 + time_limit)
+                             num_classes=K, deadline=None if time_limit is None else t0 + time_limit)
         x_adv = bis.x_adv
         probe = judge(model, x, y, x_adv, dist, inf, target=target)
         radius = torch.where(probe.misclassified & probe.finite, probe.distance, inf)

@@ -32,7 +32,14 @@ from .distances import Lp
 
 logger = logging.getLogger("adv")
 
-__all__ = ["BisectionOutcome", "apgd_bisection", "supports_apgd_bisection"]
+__all__ = ["BisectionOutcome", "apgd_bisection", "check_span", "supports_apgd_bisection"]
+
+
+def check_span(name: str, span: object) -> float:
+    """``span`` as a float in (0, 1]; ValueError naming ``name`` otherwise."""
+    if isinstance(span, bool) or not isinstance(span, (int, float)) or not (0.0 < float(span) <= 1.0):
+        raise ValueError(f"{name}: expected a number in (0, 1], received {span!r}")
+    return float(span)
 
 
 def supports_apgd_bisection(dist: object) -> bool:
@@ -84,8 +91,7 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
         raise ValueError(f"dist: expected the l1, l2 or l-infinity Lp distance, received {dist!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps: expected an int >= 0, received {steps!r}")
-    if not isinstance(span, (int, float)) or not (0.0 < float(span) <= 1.0):
-        raise ValueError(f"span: expected a number in (0, 1], received {span!r}")
+    span = check_span("span", span)
     B = x.shape[0]
     radius = radius.to(torch.float64).clone()
     out_x = x_adv.clone()
@@ -102,7 +108,7 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
     xr, yr = x[rows], y[rows]
     tr = target[rows] if target is not None else None
     hi = radius[rows].clone()
-    lo = (1.0 - float(span)) * hi
+    lo = (1.0 - span) * hi
     best_x = out_x[rows].clone()
     best_d = hi.clone()
     calls = 0
@@ -128,7 +134,7 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
         hi = torch.where(ok, torch.minimum(mid, best_d), hi)
         lo = torch.where(ok, lo, mid)
         # APGD may stop well inside the ball: search below the point it found
-        lo = torch.where(lo >= hi, (1.0 - float(span)) * hi, lo)
+        lo = torch.where(lo >= hi, (1.0 - span) * hi, lo)
     before = radius[rows]
     won = best_d < before
     improved[rows] = won

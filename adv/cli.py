@@ -671,7 +671,7 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, first_index: int, dis
         sp = _sparsity(res.x_adv, x)
         for i in range(B):
             found = bool(res.success[i])
-            pr = res.pwcf_radius[i] if res.pwcf_radius is not None else res.radius[i]
+            pr = res.pwcf_radius[i]
             recs[i]["min_distortion"] = {"found": found, "radius": _f(res.radius[i]) if found else None,
                                          "pwcf_radius": _f(pr) if bool(torch.isfinite(pr)) else None,
                                          "margin": _f(res.margin[i]), "sparsity": sp[i] if found else None,

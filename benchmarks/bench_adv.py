@@ -312,7 +312,7 @@ def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: ar
     found_p = torch.isfinite(res.radius)
     mean, med = stats(res.radius, found_p)
     rows.append(["adv.min_distortion defaults (PWCF, then APGD bisection)", int(found_p.sum()), mean, med, tp / n])
-    alone = res.pwcf_radius if res.pwcf_radius is not None else res.radius
+    alone = res.pwcf_radius
     found_a = torch.isfinite(alone)
     mean_a, med_a = stats(alone, found_a)
     rows.append(["PWCF alone (the same run's radius before the APGD bisection)", int(found_a.sum()), mean_a, med_a,

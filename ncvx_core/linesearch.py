@@ -170,8 +170,8 @@ class WeakWolfe:
         if not 0 <= speculate_min_use < 1:
             raise ValueError(f"speculate_min_use must be in [0, 1), got {speculate_min_use!r}")
         self.speculate_min_use = float(speculate_min_use)
-        # decayed counts of past trials that failed sufficient decrease (a 0-d tensor, on the trials'
-        # device: read once per round, when a width is chosen) and of all past trials
+        # decayed counts of past trials that failed sufficient decrease (a host float; a 0-d
+        # tensor on the trials' device for value-only trials, see _observe) and of all past trials
         self._n_fail: Tensor | float = 0.0
         self._n_trials = 0.0
 

@@ -3,7 +3,6 @@ gradient-sampling termination QP, batched over problems."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -132,7 +131,9 @@ def stationarity_qp(
     # depend on the batch it is solved in, with at most log4(L) + 1 QP calls
     bucket = torch.clamp(4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), max=L)
     # the possible sizes are known on the host; one small read says which occur (sizes the QPs)
-    cands = sorted({min(4 ** j, L) for j in range(int(math.log(max(L, 1), 4)) + 2)})
+    cands = [1]
+    while cands[-1] < L:
+        cands.append(min(4 * cands[-1], L))
     occurs = (bucket.unsqueeze(1) == torch.tensor(cands, device=bucket.device)).any(0).tolist()
     sizes = [c for c, o in zip(cands, occurs) if o]
     if len(sizes) == 1:

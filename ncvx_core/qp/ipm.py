@@ -64,17 +64,16 @@ def _bmv(A: Tensor, x: Tensor) -> Tensor:
     return bmv(A, x)
 
 
-def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
-    """Solve ``L L^T x = b`` for (b, m) right-hand sides given the lower Cholesky factor
-    (b, m, m); two batched triangular solves (faster than ``cholesky_solve`` on CPU)."""
-    y = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)
-
-
 def _chol_solve_cols(L: Tensor, b: Tensor) -> Tensor:
-    """Solve ``L L^T x = b`` for (b, m, k) right-hand-side columns; (b, m, k) result."""
+    """Solve ``L L^T x = b`` for (b, m, k) right-hand-side columns given the lower Cholesky factor
+    (b, m, m); two batched triangular solves (faster than ``cholesky_solve`` on CPU)."""
     y = torch.linalg.solve_triangular(L, b, upper=False)
     return torch.linalg.solve_triangular(L.mT, y, upper=True)
+
+
+def _chol_solve(L: Tensor, b: Tensor) -> Tensor:
+    """:func:`_chol_solve_cols` for (b, m) right-hand sides."""
+    return _chol_solve_cols(L, b.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
