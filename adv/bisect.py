@@ -93,6 +93,12 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
         raise ValueError(f"steps: expected an int >= 0, received {steps!r}")
     span = check_span("span", span)
     B = x.shape[0]
+    if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+        raise ValueError(f"x_adv: expected a tensor of shape {tuple(x.shape)} (that of x), received "
+                         f"{tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__}")
+    if not isinstance(radius, Tensor) or radius.shape != (B,) or not radius.is_floating_point():
+        raise ValueError(f"radius: expected a floating tensor of shape ({B},), received "
+                         f"{(radius.dtype, tuple(radius.shape)) if isinstance(radius, Tensor) else type(radius).__name__}")
     radius = radius.to(torch.float64).clone()
     out_x = x_adv.clone()
     improved = torch.zeros(B, dtype=torch.bool, device=x.device)

@@ -77,6 +77,12 @@ def test_bisection_rejects_bad_arguments():
         apgd_bisection(model, x, y, Lp(2.0), x, r, steps=-1)
     with pytest.raises(ValueError, match="span"):
         apgd_bisection(model, x, y, Lp(2.0), x, r, span=0.0)
+    with pytest.raises(ValueError, match="x_adv"):
+        apgd_bisection(model, x, y, Lp(2.0), x[:1], r)
+    with pytest.raises(ValueError, match="radius"):
+        apgd_bisection(model, x, y, Lp(2.0), x, r[:1])
+    with pytest.raises(ValueError, match="radius"):
+        apgd_bisection(model, x, y, Lp(2.0), x, torch.ones(2, dtype=torch.long))
     with pytest.raises(ValueError, match="apgd_span"):
         adv.min_distortion(model, x, y, "l2", apgd_span=1.5)
     with pytest.raises(ValueError, match="apgd_steps"):
