@@ -85,10 +85,16 @@ def damp(s: Tensor, y: Tensor, h: Tensor, delta: float) -> tuple[Tensor, Tensor,
 
 # ----------------------------------------------------------------------------------------------
 class BFGSState(NamedTuple):
-    """Full-memory state: ``H (B, n, n)`` and ``scale_pending (B,)`` (initial scaling not done)."""
+    """Full-memory state: ``H (B, n, n)`` and ``scale_pending (B,)`` (initial scaling not done).
+
+    ``h0_identity`` says that the initial H was the identity. A problem whose scaling is still
+    pending has never been updated, so its H is then exactly I and the scaling only shifts the
+    diagonal (no pass over the n x n matrix).
+    """
 
     H: Tensor
     scale_pending: Tensor
+    h0_identity: bool = False
 
 
 class BFGS:
@@ -110,12 +116,23 @@ class BFGS:
             H = torch.eye(n, dtype=dtype, device=device).expand(B, n, n).clone()
         else:
             H = H0.to(dtype=dtype, device=device).expand(B, n, n).clone()
-        return BFGSState(H, torch.full((B,), bool(scaleH0), device=device))
+        return BFGSState(H, torch.full((B,), bool(scaleH0), device=device), H0 is None)
 
     def matmul(self, state: BFGSState, V: Tensor) -> Tensor:
         return bmm(state.H, V)
 
     def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
+        """One inverse BFGS update per problem where ``mask``.
+
+        Written as ``H+ = f H + U V^T`` with the (k, n, 2) factors ``U = [Hy, s]`` and
+        ``V = [-rho s, coef s - rho Hy]`` (f the initial scaling, 1 after it), so the n x n work is
+        two matrix-vector products (``H s`` for the damping, then ``H y``) and one fused rank-2
+        update: a few traversals of H instead of one per elementwise operation. A problem that is
+        not updated gets zero factors and ``f = 1`` and keeps its H bit for bit, without a
+        branch or a host read. Rejected as non-finite (code 3): a non-finite s, y, ``H y`` or
+        coefficient, or an update whose entries could overflow (bound from the diagonal of the
+        positive definite H and the factors' magnitudes).
+        """
         H = state.H
         h = bmm(H, s.unsqueeze(2)).squeeze(2)
         y, sty, damped = damp(s, y, h, self.damping)
@@ -126,32 +143,34 @@ class BFGS:
         do_scale = state.scale_pending & sty_ok & mask
         gamma_ok = torch.isfinite(gamma)
         factor = torch.where(do_scale & gamma_ok, gamma, torch.ones_like(gamma))
-        Hn = H * factor.view(-1, 1, 1)  # the one n x n temporary of the update
         rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
-        Hy = bmm(Hn, y.unsqueeze(2)).squeeze(2)
+        Hy = factor.unsqueeze(1) * bmm(H, y.unsqueeze(2)).squeeze(2)
         yHy = _bdot(y, Hy)
         coef = (rho * rho * yHy + rho).clamp(min=0)
-        # H+ = H - rho (Hy s' + s y'H) + coef s s', evaluated in place in this order (three n x n
-        # buffers at the peak instead of seven)
-        outer = Hy.unsqueeze(2) * s.unsqueeze(1)
-        outer.add_(s.unsqueeze(2) * Hy.unsqueeze(1))
-        outer.mul_(rho.view(-1, 1, 1))
-        Hn.sub_(outer)
-        torch.mul(coef.view(-1, 1, 1) * s.unsqueeze(2), s.unsqueeze(1), out=outer)
-        Hn.add_(outer)
-        del outer
-        finite = (torch.isfinite(Hn).flatten(1).all(dim=1) & torch.isfinite(s).all(dim=1)
-                  & torch.isfinite(y).all(dim=1))
+        U = torch.stack([Hy, s], dim=2)  # (k, n, 2)
+        V = torch.stack([-rho.unsqueeze(1) * s, coef.unsqueeze(1) * s - rho.unsqueeze(1) * Hy], dim=2)
+        finite = (torch.isfinite(U).flatten(1).all(dim=1) & torch.isfinite(V).flatten(1).all(dim=1)
+                  & torch.isfinite(y).all(dim=1) & torch.isfinite(factor))
+        # |H+_ij| <= f max_i H_ii + 2 max|U| max|V| (|H_ij| <= max diag for positive definite H)
+        big = torch.finfo(H.dtype).max / 8
+        dmax = torch.diagonal(H, dim1=1, dim2=2).abs().amax(dim=1)
+        bound = factor.abs() * dmax + 2 * U.abs().flatten(1).amax(dim=1) * V.abs().flatten(1).amax(dim=1)
+        finite = finite & (bound < big)
         ok = mask & sty_ok & finite
+        f = torch.where(ok, factor, 1.0)
+        U = torch.where(ok.view(-1, 1, 1), U, 0.0)
+        V = torch.where(ok.view(-1, 1, 1), V, 0.0)
+        if state.h0_identity:  # f != 1 only where H is still I: f I = I + (f - 1) I
+            Hn = torch.baddbmm(H, U, V.transpose(1, 2))
+            Hn.diagonal(dim1=1, dim2=2).add_((f - 1).unsqueeze(1))
+        else:
+            Hn = torch.baddbmm(H * f.view(-1, 1, 1), U, V.transpose(1, 2))
         code = torch.full_like(mask, -1, dtype=torch.int8)
         code = torch.where(mask & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
         code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
-        keep = torch.nonzero(~ok).flatten()
-        if keep.numel():  # problems not updated keep their H bit for bit
-            Hn[keep] = H[keep]
         pending = state.scale_pending & ~ok
-        return BFGSState(Hn, pending), UpdateInfo(code, damped & mask)
+        return BFGSState(Hn, pending, state.h0_identity), UpdateInfo(code, damped & mask)
 
     def dense(self, state: BFGSState) -> Tensor:
         return state.H

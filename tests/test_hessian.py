@@ -99,7 +99,8 @@ def _two_loop_dense(pairs, gamma: float, n: int) -> np.ndarray:
 
 
 def _states_equal_rows(a, b, rows) -> bool:
-    return all(torch.equal(fa[rows], fb[rows]) for fa, fb in zip(a, b))
+    """Tensor fields equal on ``rows``; other fields (flags) equal outright."""
+    return all(torch.equal(fa[rows], fb[rows]) if isinstance(fa, torch.Tensor) else fa == fb for fa, fb in zip(a, b))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,6 +181,51 @@ def test_bfgs_matches_textbook_formula_and_initial_scaling(seed, B, n):
         for b in range(B):
             assert _rel(st_scaled.H[b], torch.from_numpy(ref_s[b])) < 1e-10
             assert _rel(st_plain.H[b], torch.from_numpy(ref_p[b])) < 1e-10
+
+
+@given(seed=seeds, B=batch, n=dims)
+def test_bfgs_identity_start_scaling_matches_textbook_formula(seed, B, n):
+    """Without H0 the state starts at I and the pending scaling is applied to the diagonal only;
+    the iterates must equal the dense textbook recursion (gamma I, then BFGS) problem by problem."""
+    g = _gen(seed)
+    bfgs = BFGS(damping=0.0)
+    st = bfgs.init(B, n, DT, CPU, scaleH0=True)
+    assert st.h0_identity
+    ref = [np.eye(n) for _ in range(B)]
+    pending = [True] * B
+    for _step in range(4):
+        s = _randn(g, B, n)
+        y = _bmv(_spd(g, B, n), s)
+        mask = _mask(g, B, at_least_one=False)
+        neg = _rand(g, B) < 0.3
+        y = torch.where(neg.unsqueeze(1), -y, y)
+        st, info = bfgs.update(st, s, y, mask)
+        assert torch.equal(info.code, torch.where(mask, torch.where(neg, 2, 0), -1).to(torch.int8))
+        for b in range(B):
+            if not mask[b] or neg[b]:
+                continue
+            sb, yb = s[b].numpy(), y[b].numpy()
+            if pending[b]:
+                ref[b] = (sb @ yb) / (yb @ yb) * ref[b]
+                pending[b] = False
+            ref[b] = _ref_bfgs(ref[b], sb, yb)
+        assert st.scale_pending.tolist() == pending
+        for b in range(B):
+            if pending[b]:  # never updated: still exactly I
+                assert torch.equal(st.H[b], torch.eye(n, dtype=DT))
+            else:
+                assert _rel(st.H[b], torch.from_numpy(ref[b])) < 1e-10
+
+
+def test_bfgs_update_that_would_overflow_is_rejected_with_code_3():
+    bfgs = BFGS(damping=0.0)
+    st0 = bfgs.init(2, 3, DT, CPU, scaleH0=False)
+    s = torch.tensor([[1e200, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=DT)
+    y = torch.tensor([[1e-200, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=DT)  # s'y = 1 but s s' / s'y = 1e400
+    st1, info = bfgs.update(st0, s, y, torch.tensor([True, True]))
+    assert info.code.tolist() == [3, 0]
+    assert torch.equal(st1.H[0], st0.H[0])
+    assert bool(torch.isfinite(st1.H).all())
 
 
 def test_bfgs_first_update_scales_by_gamma_exactly_once():

@@ -158,7 +158,9 @@ def batched_fields(res: SolveResult) -> dict[str, Tensor]:
     for name, t in res.bfgs.items():
         out[f"bfgs.{name}"] = t
     for name in res.H_final._fields:
-        out[f"H_final.{name}"] = getattr(res.H_final, name)
+        v = getattr(res.H_final, name)
+        if isinstance(v, Tensor):  # flags (e.g. BFGSState.h0_identity) are not batched
+            out[f"H_final.{name}"] = v
     return out
 
 
