@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .utils import bmm
+from .utils import bmm, tree_put, tree_rows
 
 __all__ = [
     "HessianApprox",
@@ -26,6 +26,8 @@ __all__ = [
     "LBFGS",
     "LBFGSState",
     "damp",
+    "state_rows",
+    "state_put",
 ]
 
 
@@ -90,11 +92,37 @@ class BFGSState(NamedTuple):
     ``h0_identity`` says that the initial H was the identity. A problem whose scaling is still
     pending has never been updated, so its H is then exactly I and the scaling only shifts the
     diagonal (no pass over the n x n matrix).
+
+    ``inplace``: updates write into ``H`` instead of returning a new tensor, and the state of a
+    subset of problems is a view (``rows``: the positions in ``H`` of this state's problems, in
+    order, ``None`` = all of ``H``), so the solver never copies n x n blocks when it works on the
+    problems still running (see :func:`state_rows`). Chosen by :meth:`BFGS.init` for large n on
+    the CPU, where those copies cost more than the products themselves.
     """
 
     H: Tensor
     scale_pending: Tensor
     h0_identity: bool = False
+    inplace: bool = False
+    rows: tuple[int, ...] | None = None
+
+
+def state_rows(state: Any, idx: Tensor) -> Any:
+    """The state of problems ``idx`` (k,) of ``state``: a view for an in-place
+    :class:`BFGSState`, a copy of every leaf's rows otherwise."""
+    if isinstance(state, BFGSState) and state.inplace:
+        base = state.rows if state.rows is not None else range(state.H.shape[0])
+        return state._replace(scale_pending=state.scale_pending[idx], rows=tuple(base[i] for i in idx.tolist()))
+    return tree_rows(state, idx)
+
+
+def state_put(full: Any, idx: Tensor, sub: Any) -> Any:
+    """``full`` with the problems ``idx`` replaced by ``sub`` (their state from
+    :func:`state_rows`, possibly updated since). In place for tensor leaves; an in-place
+    :class:`BFGSState` already holds the new H, so only its flags are copied."""
+    if isinstance(full, BFGSState) and full.inplace:
+        return full._replace(scale_pending=full.scale_pending.index_copy(0, idx, sub.scale_pending))
+    return tree_put(full, idx, sub)
 
 
 class BFGS:
@@ -105,8 +133,11 @@ class BFGS:
 
     name = "bfgs"
 
-    def __init__(self, damping: float = 1e-4) -> None:
+    def __init__(self, damping: float = 1e-4, *, inplace_min_n: int | None = 256) -> None:
+        """``inplace_min_n``: states of at least this dimension on the CPU are updated in place
+        (see :class:`BFGSState`); None: never."""
         self.damping = float(damping)
+        self.inplace_min_n = inplace_min_n
 
     def init(self, B: int, n: int, dtype: torch.dtype, device: torch.device, *, H0: Any = None,
              warm_start: Any = None, scaleH0: bool = True) -> BFGSState:
@@ -116,10 +147,19 @@ class BFGS:
             H = torch.eye(n, dtype=dtype, device=device).expand(B, n, n).clone()
         else:
             H = H0.to(dtype=dtype, device=device).expand(B, n, n).clone()
-        return BFGSState(H, torch.full((B,), bool(scaleH0), device=device), H0 is None)
+        inplace = self.inplace_min_n is not None and n >= self.inplace_min_n and torch.device(device).type == "cpu"
+        return BFGSState(H, torch.full((B,), bool(scaleH0), device=device), H0 is None, inplace)
 
     def matmul(self, state: BFGSState, V: Tensor) -> Tensor:
-        return bmm(state.H, V)
+        if not state.inplace:
+            return bmm(state.H, V)
+        # one product per problem on its own block of H: no copy of H for a subset, and the same
+        # kernel whatever the batch (a batched product may round differently from a single one)
+        rows = state.rows if state.rows is not None else range(state.H.shape[0])
+        if V.shape[-1] == 1:  # two columns, as utils.bmm: a matrix-vector kernel rounds differently
+            Vp = torch.cat([V, torch.zeros_like(V)], dim=-1)
+            return torch.stack([state.H[r] @ Vp[j] for j, r in enumerate(rows)])[..., :1]
+        return torch.stack([state.H[r] @ V[j] for j, r in enumerate(rows)])
 
     def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
         """One inverse BFGS update per problem where ``mask``.
@@ -134,7 +174,7 @@ class BFGS:
         positive definite H and the factors' magnitudes).
         """
         H = state.H
-        h = bmm(H, s.unsqueeze(2)).squeeze(2)
+        h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
         y, sty, damped = damp(s, y, h, self.damping)
         sty_ok = sty > 0  # NaN compares False: skipped
         # initial scaling at the first request passing the curvature test
@@ -144,7 +184,7 @@ class BFGS:
         gamma_ok = torch.isfinite(gamma)
         factor = torch.where(do_scale & gamma_ok, gamma, torch.ones_like(gamma))
         rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
-        Hy = factor.unsqueeze(1) * bmm(H, y.unsqueeze(2)).squeeze(2)
+        Hy = factor.unsqueeze(1) * self.matmul(state, y.unsqueeze(2)).squeeze(2)
         yHy = _bdot(y, Hy)
         coef = (rho * rho * yHy + rho).clamp(min=0)
         U = torch.stack([Hy, s], dim=2)  # (k, n, 2)
@@ -154,13 +194,17 @@ class BFGS:
         # |H+_ij| <= f max_i H_ii + 2 max|U| max|V| (|H_ij| <= max diag for positive definite H)
         big = torch.finfo(H.dtype).max / 8
         dmax = torch.diagonal(H, dim1=1, dim2=2).abs().amax(dim=1)
+        if state.rows is not None:
+            dmax = dmax[list(state.rows)]
         bound = factor.abs() * dmax + 2 * U.abs().flatten(1).amax(dim=1) * V.abs().flatten(1).amax(dim=1)
         finite = finite & (bound < big)
         ok = mask & sty_ok & finite
         f = torch.where(ok, factor, 1.0)
         U = torch.where(ok.view(-1, 1, 1), U, 0.0)
         V = torch.where(ok.view(-1, 1, 1), V, 0.0)
-        if state.h0_identity:  # f != 1 only where H is still I: f I = I + (f - 1) I
+        if state.inplace:
+            Hn = self._update_inplace(state, f, U, V, ok)
+        elif state.h0_identity:  # f != 1 only where H is still I: f I = I + (f - 1) I
             Hn = torch.baddbmm(H, U, V.transpose(1, 2))
             Hn.diagonal(dim1=1, dim2=2).add_((f - 1).unsqueeze(1))
         else:
@@ -170,10 +214,29 @@ class BFGS:
         code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
         pending = state.scale_pending & ~ok
-        return BFGSState(Hn, pending, state.h0_identity), UpdateInfo(code, damped & mask)
+        return state._replace(H=Hn, scale_pending=pending), UpdateInfo(code, damped & mask)
+
+    @staticmethod
+    def _update_inplace(state: BFGSState, f: Tensor, U: Tensor, V: Tensor, ok: Tensor) -> Tensor:
+        """``H <- f H + U V^T`` written into the blocks of ``state.H`` of the problems where ``ok``
+        (the factors are zero and ``f = 1`` elsewhere), one problem at a time (see :meth:`matmul`)."""
+        H = state.H
+        Vt = V.transpose(1, 2)
+        rows = state.rows if state.rows is not None else range(H.shape[0])
+        scaled, upd = torch.stack([f != 1, ok]).tolist()  # host read: this mode runs on the CPU only
+        for j, r in enumerate(rows):
+            if not upd[j]:
+                continue
+            Hr = H[r]
+            if scaled[j] and not state.h0_identity:
+                Hr.mul_(f[j])
+            Hr.addmm_(U[j], Vt[j])
+            if scaled[j] and state.h0_identity:
+                Hr.diagonal().add_(f[j] - 1)
+        return H
 
     def dense(self, state: BFGSState) -> Tensor:
-        return state.H
+        return state.H if state.rows is None else state.H[list(state.rows)]
 
 
 def regularize(H: Tensor, threshold: float, max_eigenvalues: bool = False) -> tuple[Tensor, Tensor]:

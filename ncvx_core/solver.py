@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import NcvxError, ProblemDefinitionError
-from .hessian import BFGS, LBFGS, HessianApprox, regularize
+from .hessian import BFGS, LBFGS, HessianApprox, regularize, state_put, state_rows
 from .linesearch import (
     LS_BRACKETED,
     LS_NO_BRACKET,
@@ -39,7 +39,7 @@ from .result import Iterate, SolveResult
 from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, bmm, tree_rows, tree_where
+from .utils import bmask, bmm, tree_put, tree_rows, tree_where
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -370,7 +370,7 @@ class _Solver:
             if idx.numel() == 0:
                 break
             full = idx.numel() == B
-            sub = st if full else tree_rows(st, idx)
+            sub = st if full else _state_rows(st, idx)
             sub, accepted = self._step(sub, idx, st.x)
             if full:
                 st = sub
@@ -400,7 +400,7 @@ class _Solver:
         def apply(V: Tensor, rows: Tensor | None = None) -> Tensor:
             Hs, Hr, ident = Hstate, Hreg, identity
             if rows is not None:  # restricted to some of the problems
-                Hs = tree_rows(Hstate, rows)
+                Hs = state_rows(Hstate, rows)
                 Hr = None if Hreg is None else Hreg[rows]
                 ident = None if identity is None else identity[rows]
             HV = bmm(Hr, V) if Hr is not None else self.hess.matmul(Hs, V)
@@ -414,7 +414,8 @@ class _Solver:
         o = self.o
         if o.regularize_threshold == math.inf or not hasattr(Hstate, "H"):
             return None
-        Hr, _ = regularize(Hstate.H, o.regularize_threshold, o.regularize_max_eigenvalues)
+        H = Hstate.H if getattr(Hstate, "rows", None) is None else Hstate.H[list(Hstate.rows)]
+        Hr, _ = regularize(H, o.regularize_threshold, o.regularize_max_eigenvalues)
         return Hr
 
     def _stationarity(self, st: State, orig_idx: Tensor, mask: Tensor) -> State:
@@ -435,7 +436,7 @@ class _Solver:
             rows = rows_all[start:start + chunk]
             orig = orig_idx[rows]  # positions in the full batch (the cache holds every problem)
             nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
-            Hsub = st.H if rows.numel() == st.x.shape[0] else tree_rows(st.H, rows)  # all lanes: no copy
+            Hsub = st.H if rows.numel() == st.x.shape[0] else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             res = stationarity_qp(self._apply(Hsub, None, Hreg), self.cache, orig, nb, ev.ci[rows], ev.ce[rows],
                                   st.mu[rows], qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
@@ -497,7 +498,7 @@ class _Solver:
             d = torch.where(bmask(qn, d), d_qn, d)
         if self.constrained and any_steer:
             rows = torch.nonzero(steer_lanes).flatten()
-            Hsub = st.H if rows.numel() == k else tree_rows(st.H, rows)  # all lanes: no copy
+            Hsub = st.H if rows.numel() == k else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             apply = self._apply(Hsub, level[rows] == 1, Hreg)
             res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,
@@ -768,15 +769,13 @@ def _merge_ls(mask: Tensor, new: Any, old: Any) -> Any:
     )
 
 
-def _scatter_tuple(base: Any, idx: Tensor, rows: Any) -> Any:
-    """In-place row scatter over a NamedTuple tree (returns ``base``)."""
-    if isinstance(base, tuple) and hasattr(base, "_fields"):
-        return type(base)(*(_scatter_tuple(b, idx, r) for b, r in zip(base, rows)))
-    if isinstance(base, Tensor):
-        base[idx] = rows.to(base.dtype)
-        return base
-    return base
+def _state_rows(st: State, idx: Tensor) -> State:
+    """The solver state of problems ``idx`` (the inverse-Hessian state through
+    :func:`~ncvx_core.hessian.state_rows`, which may return a view)."""
+    return tree_rows(st._replace(H=None), idx)._replace(H=state_rows(st.H, idx))
 
 
 def _scatter_state(st: State, idx: Tensor, sub: State) -> State:
-    return _scatter_tuple(st, idx, sub)
+    """``st`` with the problems ``idx`` replaced by ``sub``, in place."""
+    H = state_put(st.H, idx, sub.H)
+    return tree_put(st._replace(H=None), idx, sub._replace(H=None))._replace(H=H)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["tree_map", "tree_rows", "tree_where", "tree_scatter", "bmask", "bmm", "bmv"]
+__all__ = ["tree_map", "tree_rows", "tree_put", "tree_where", "tree_scatter", "bmask", "bmm", "bmv"]
 
 
 def _is_namedtuple(obj: Any) -> bool:
@@ -36,6 +36,15 @@ def bmask(mask: Tensor, like: Tensor) -> Tensor:
 def tree_rows(tree: Any, idx: Tensor) -> Any:
     """Rows ``idx`` of every leaf."""
     return tree_map(lambda t: t[idx], tree)
+
+
+def tree_put(base: Any, idx: Tensor, rows: Any) -> Any:
+    """Rows ``idx`` of every leaf of ``base`` set to ``rows``, in place (returns ``base``)."""
+    if _is_namedtuple(base):
+        return type(base)(*(tree_put(b, idx, r) for b, r in zip(base, rows)))
+    if isinstance(base, Tensor):
+        base[idx] = rows.to(base.dtype)
+    return base
 
 
 def tree_where(mask: Tensor, new: Any, old: Any) -> Any:

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ncvx_core.hessian import BFGS, LBFGS, LBFGSState, damp, regularize
+from ncvx_core.hessian import BFGS, LBFGS, LBFGSState, damp, regularize, state_put, state_rows
 
 DT = torch.float64
 CPU = torch.device("cpu")
@@ -246,6 +246,74 @@ def test_bfgs_first_update_scales_by_gamma_exactly_once():
     st1p, _ = bfgs.update(st0p, s, y, torch.tensor([True, True]))
     assert torch.allclose(st1p.H[0, 0, 0], torch.tensor(0.25, dtype=DT))
     assert torch.allclose(st1p.H[0, 1, 1], torch.tensor(1.0, dtype=DT))
+
+
+@given(seed=seeds, B=batch, n=dims, identity=st.booleans(), scale=st.booleans())
+def test_bfgs_inplace_mode_matches_the_copying_update(seed, B, n, identity, scale):
+    """In-place states (one product and one rank-2 update per problem, written into H) give the
+    same H and codes as the batched copying update; skipped problems keep H bit for bit."""
+    g = _gen(seed)
+    H0 = None if identity else _spd(g, B, n)
+    ref, inp = BFGS(inplace_min_n=None), BFGS(inplace_min_n=1)
+    st_r = ref.init(B, n, DT, CPU, H0=H0, scaleH0=scale)
+    st_i = inp.init(B, n, DT, CPU, H0=H0, scaleH0=scale)
+    assert st_i.inplace and not st_r.inplace
+    H_storage = st_i.H
+    for _step in range(4):
+        s = _randn(g, B, n)
+        y = _bmv(_spd(g, B, n), s)
+        y = torch.where((_rand(g, B) < 0.3).unsqueeze(1), -y, y)
+        mask = _mask(g, B, at_least_one=False)
+        V = _randn(g, B, n, 3)
+        # the per-problem product equals the batched one on the same H, up to rounding relative
+        # to |H| |V|
+        err = (inp.matmul(st_i, V) - torch.bmm(st_i.H, V)).flatten(1).norm(dim=1)
+        scale_hv = st_i.H.flatten(1).norm(dim=1) * V.flatten(1).norm(dim=1)
+        assert bool((err <= 1e-13 * scale_hv).all())
+        before = st_i.H.clone()
+        st_r, info_r = ref.update(st_r, s, y, mask)
+        st_i, info_i = inp.update(st_i, s, y, mask)
+        assert st_i.H is H_storage  # written in place
+        assert torch.equal(info_i.code, info_r.code) and torch.equal(info_i.damped, info_r.damped)
+        assert torch.equal(st_i.scale_pending, st_r.scale_pending)
+        skipped = info_i.code < 0
+        skipped |= info_i.code >= 2
+        assert torch.equal(st_i.H[skipped], before[skipped])
+        assert _rel(st_i.H, st_r.H) < 1e-12
+
+
+@given(seed=seeds, B=st.integers(3, 6), n=dims)
+def test_bfgs_inplace_views_touch_only_their_rows(seed, B, n):
+    g = _gen(seed)
+    inp, ref = BFGS(inplace_min_n=1), BFGS(inplace_min_n=None)
+    H0 = _spd(g, B, n)
+    full = inp.init(B, n, DT, CPU, H0=H0, scaleH0=True)
+    full_r = ref.init(B, n, DT, CPU, H0=H0, scaleH0=True)
+    idx = torch.tensor(sorted(torch.randperm(B, generator=g)[: B - 1].tolist()))
+    view = state_rows(full, idx)
+    assert view.H is full.H and view.rows == tuple(idx.tolist())
+    k = idx.numel()
+    s = _randn(g, k, n)
+    y = _bmv(_spd(g, k, n), s)
+    mask = torch.ones(k, dtype=torch.bool)
+    V = _randn(g, k, n, 2)
+    assert torch.allclose(inp.matmul(view, V), torch.bmm(H0[idx], V), rtol=1e-12, atol=1e-12)
+    untouched = torch.ones(B, dtype=torch.bool)
+    untouched[idx] = False
+    view, info = inp.update(view, s, y, mask)
+    sub_r, info_r = ref.update(state_rows(full_r, idx), s, y, mask)
+    assert torch.equal(info.code, info_r.code)
+    assert torch.equal(full.H[untouched], H0[untouched])
+    assert _rel(full.H[idx], sub_r.H) < 1e-12
+    assert torch.equal(inp.dense(view), full.H[idx])
+    merged = state_put(full, idx, view)
+    assert merged.H is full.H
+    expect = full.scale_pending.clone()
+    expect[idx] = view.scale_pending
+    assert torch.equal(merged.scale_pending, expect)
+    # nested views compose their positions
+    inner = state_rows(view, torch.tensor([k - 1]))
+    assert inner.rows == (int(idx[-1]),)
 
 
 SKIP_KINDS = ["neg_curv", "masked", "ok"]
