@@ -174,8 +174,15 @@ class BFGS:
         positive definite H and the factors' magnitudes).
         """
         H = state.H
-        h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
-        y, sty, damped = damp(s, y, h, self.damping)
+        if state.inplace:  # H s and H y in one pass over each block; H y again only where damped
+            HSY = self.matmul(state, torch.stack([s, y], dim=2))
+            h, Hy0 = HSY[..., 0], HSY[..., 1]
+            y, sty, damped = damp(s, y, h, self.damping)
+            Hy0 = self._redo_damped(state, y, Hy0, damped & mask)
+        else:
+            h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
+            y, sty, damped = damp(s, y, h, self.damping)
+            Hy0 = self.matmul(state, y.unsqueeze(2)).squeeze(2)
         sty_ok = sty > 0  # NaN compares False: skipped
         # initial scaling at the first request passing the curvature test
         yty = _bdot(y, y)
@@ -184,7 +191,7 @@ class BFGS:
         gamma_ok = torch.isfinite(gamma)
         factor = torch.where(do_scale & gamma_ok, gamma, torch.ones_like(gamma))
         rho = torch.where(sty_ok, 1.0 / torch.where(sty_ok, sty, 1.0), 0.0)
-        Hy = factor.unsqueeze(1) * self.matmul(state, y.unsqueeze(2)).squeeze(2)
+        Hy = factor.unsqueeze(1) * Hy0
         yHy = _bdot(y, Hy)
         coef = (rho * rho * yHy + rho).clamp(min=0)
         U = torch.stack([Hy, s], dim=2)  # (k, n, 2)
@@ -215,6 +222,19 @@ class BFGS:
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
         pending = state.scale_pending & ~ok
         return state._replace(H=Hn, scale_pending=pending), UpdateInfo(code, damped & mask)
+
+    @staticmethod
+    def _redo_damped(state: BFGSState, y: Tensor, Hy: Tensor, damped: Tensor) -> Tensor:
+        """``Hy`` with the rows of damped problems recomputed for their damped ``y``."""
+        rows = state.rows if state.rows is not None else range(state.H.shape[0])
+        redo = damped.tolist()  # host read: in-place states live on the CPU
+        if not any(redo):
+            return Hy
+        Hy = Hy.clone()
+        for j, r in enumerate(rows):
+            if redo[j]:
+                Hy[j] = (state.H[r] @ torch.stack([y[j], torch.zeros_like(y[j])], dim=1))[:, 0]
+        return Hy
 
     @staticmethod
     def _update_inplace(state: BFGSState, f: Tensor, U: Tensor, V: Tensor, ok: Tensor) -> Tensor:
