@@ -535,14 +535,15 @@ def _result_rows(res: Any, sl: slice) -> Any:
 def _store_rows(store: Any, rows: Tensor, part: Any, B: int) -> Any:
     """Write the rows of a (NamedTuple) H state into a batch-B store (created on first use).
     Returns None when the layouts do not match (e.g. the memory planner changed the storage)."""
-    if store is None:
-        store = type(part)(*(None if t is None else torch.zeros((B, *t.shape[1:]), dtype=t.dtype, device=t.device)
-                             for t in part))
-    if type(store) is not type(part) or any((s is None) != (p is None) or (s is not None and s.shape[1:] != p.shape[1:])
+    if store is None:  # tensor fields batched; flags (e.g. BFGSState.h0_identity) kept as they are
+        store = type(part)(*(torch.zeros((B, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                             if isinstance(t, Tensor) else t for t in part))
+    if type(store) is not type(part) or any(isinstance(s, Tensor) != isinstance(p, Tensor)
+                                            or (isinstance(s, Tensor) and s.shape[1:] != p.shape[1:])
                                             for s, p in zip(store, part, strict=True)):
         return None
     for s, p in zip(store, part, strict=True):
-        if s is not None:
+        if isinstance(s, Tensor):
             s[rows] = p
     return store
 

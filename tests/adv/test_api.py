@@ -132,6 +132,20 @@ def test_warm_continuation_and_budgets():
         adv.attack(model, x, y, "linf", eps=0.1, solver_options={"opt_toll": 1e-3})
 
 
+def test_full_memory_continuation():
+    """Full BFGS (``limited_mem_size=0``): the best restart's H is stored row by row and the
+    continuation starts from it (the state also carries non-tensor flags)."""
+    model, x, y, w, gval = _linear_setup()
+    d = _reference_radius(w, gval, math.inf)
+    res = adv.attack(model, x, y, "linf", eps=0.95 * d, restarts=1, restart_maxit=3, maxit=12,
+                     solver_options={"limited_mem_size": 0})
+    assert not res.success.any()
+    assert res.continued.all()
+    assert (res.iterations <= 12).all() and (res.iterations > 3).all()
+    ok = adv.attack(model, x, y, "linf", eps=1.05 * d, restarts=2, solver_options={"limited_mem_size": 0})
+    assert ok.success.all()
+
+
 def test_time_limit_is_respected():
     model, x, y, w, gval = _linear_setup()
     d = _reference_radius(w, gval, math.inf)
