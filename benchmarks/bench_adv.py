@@ -22,7 +22,11 @@ Sections (``--sections``, default all):
   radius, 100 steps, ``--fab-restarts`` runs: the first from the clean point, the others from
   random starts; per image the smallest radius the judge confirms). torchattacks' ``FAB.perturb``
   fails for l1 (a variable is only set for l-infinity and l2), so the runs call
-  ``FAB.attack_single_run`` directly for every norm.
+  ``FAB.attack_single_run`` directly for every norm. Also against FMN (Pintor et al., "Fast
+  Minimum-norm Adversarial Attacks through Adaptive Norm Constraints", NeurIPS 2021) as
+  implemented in adv-lib (optional extra, ``pip install --no-deps adv-lib``): ``--fmn-steps``
+  steps (default 1000), one run per initial step size in ``--fmn-alphas``, the smallest judged
+  radius per image.
 * ``perceptual``: :class:`adv.Perceptual` on the classifier's own ReLU maps (unsquared), PWCF
   max-loss attack against an LPA-style penalty attack written here (Laidlaw, Singla, Feizi,
   "Perceptual Adversarial Robustness", ICLR 2021: maximise ``margin - lambda max(0, d - eps)`` by
@@ -69,6 +73,30 @@ except Exception as exc:  # noqa: BLE001  (any import failure just disables the 
 else:
     TA_ERROR = ""
 
+
+
+def _load_fmn() -> tuple[Any, str]:
+    """FMN (Pintor et al., NeurIPS 2021) from adv-lib, an optional extra (install with --no-deps:
+    its torchvision dependency would replace torch). Only the attack's own module is loaded: the
+    package's ``attacks`` namespace imports torchvision-based parts."""
+    try:
+        import importlib.util
+
+        import adv_lib  # noqa: F401
+        import adv_lib.utils.losses  # noqa: F401
+        import adv_lib.utils.projections  # noqa: F401
+
+        path = Path(adv_lib.__file__).parent / "attacks" / "fast_minimum_norm.py"
+        spec = importlib.util.spec_from_file_location("adv_lib_fast_minimum_norm", path)
+        mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return mod.fmn, f"adv-lib {adv_lib.__version__}"
+    except Exception as exc:  # noqa: BLE001  (any failure just disables the baseline)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+FMN, FMN_INFO = _load_fmn()
+FMN_NORMS = {"linf": math.inf, "l2": 2, "l1": 1}
 DIST_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 FAB_BIG = {"linf": 1.0, "l2": 8.0, "l1": 64.0}  # far above any radius on 8x8 images in [0, 1]
 
@@ -298,6 +326,19 @@ def fab_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, restarts: in
     return best, time.perf_counter() - t
 
 
+def fmn_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, steps: int, alphas: list[float]
+            ) -> tuple[Tensor, float]:
+    """FMN as run by its library, once per initial step size; the smallest judged radius per image."""
+    best = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+    t = time.perf_counter()
+    for a in alphas:
+        xa = FMN(model, x.clone(), y.clone(), norm=FMN_NORMS[dist_name], steps=steps, α_init=a)
+        v = adv.judge(model, x, y, xa.detach().to(x.dtype), dist_name, math.inf)
+        rad = torch.where(v.misclassified & v.finite, v.distance, torch.full_like(v.distance, math.inf))
+        best = torch.minimum(best, rad)
+    return best, time.perf_counter() - t
+
+
 def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: argparse.Namespace,
                 summary: dict[str, Any]) -> list[str]:
     n = x.shape[0]
@@ -348,6 +389,24 @@ def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: ar
                      ratio_alone=(ma / mfa if ma and mfa else None))
     else:
         note.append(f"torchattacks not importable ({TA_ERROR}): no FAB baseline.")
+    if FMN is not None and args.fmn_steps > 0:
+        alphas = [float(a) for a in args.fmn_alphas.split(",") if a.strip()]
+        log(f"[min] {dist_name}: FMN {args.fmn_steps} steps, alpha_init {alphas}")
+        rm, tm = fmn_min(model, x, y, dist_name, args.fmn_steps, alphas)
+        found_m = torch.isfinite(rm)
+        mean_m, med_m = stats(rm, found_m)
+        rows.append([f"FMN ({FMN_INFO}; {args.fmn_steps} steps, alpha_init in {{{args.fmn_alphas}}}, min over runs)",
+                     int(found_m.sum()), mean_m, med_m, tm / n])
+        both_m = found_p & found_m
+        mp_m, _ = stats(res.radius, both_m)
+        mm, _ = stats(rm, both_m)
+        rel_m = (res.radius - rm)[both_m] / rm[both_m]
+        note.append(f"against FMN on the {int(both_m.sum())} images both found: min_distortion/FMN = "
+                    f"{fmt(mp_m / mm if mp_m and mm else None, 5)}; smaller by > 0.1 % on {int((rel_m < -1e-3).sum())} "
+                    f"images, larger by > 0.1 % on {int((rel_m > 1e-3).sum())}.")
+        entry.update(fmn_mean=mm, ratio_fmn=(mp_m / mm if mp_m and mm else None))
+    elif FMN is None:
+        note.append(f"adv-lib not importable ({FMN_INFO}): no FMN baseline.")
     summary.setdefault("min", {})[dist_name] = entry
     head = ["method", "found", "mean radius", "median radius", "s / image"]
     return [f"### {dist_name}\n", md_table(head, rows)] + [f"- {s}\n" for s in note]
@@ -442,6 +501,9 @@ def main() -> None:
     ap.add_argument("--eps-perceptual", type=float, default=0.35)
     ap.add_argument("--fab-restarts", type=int, default=None, help="FAB runs per image (default 5; 2 with --quick)")
     ap.add_argument("--fab-steps", type=int, default=100)
+    ap.add_argument("--fmn-steps", type=int, default=1000, help="FMN steps (0: no FMN baseline)")
+    ap.add_argument("--fmn-alphas", default="1,10", help="FMN initial step sizes, one run each (default 1,10)")
+    ap.add_argument("--name", default=None, help="results file stem (default adv, or adv_quick with --quick)")
     ap.add_argument("--aa-steps", type=int, default=100)
     ap.add_argument("--square-queries", type=int, default=None, help="default 5000; 1000 with --quick")
     ap.add_argument("--no-autoattack", action="store_true")
@@ -487,8 +549,9 @@ def main() -> None:
                                    summary)
     body += targets_md(summary)
     body.append(f"\nScript wall time: {time.perf_counter() - t_start:.0f} s.\n")
-    extra = {"torchattacks": getattr(ta, "__version__", "not importable")}
-    name = "adv_quick" if args.quick else "adv"  # a quick run never overwrites the full results
+    extra = {"torchattacks": getattr(ta, "__version__", "not importable"),
+             "FMN": FMN_INFO if FMN is not None else "not importable"}
+    name = args.name or ("adv_quick" if args.quick else "adv")  # a quick run never overwrites the full results
     write_results(out_path(args, name, device), "Robustness evaluation: PWCF vs APGD, FAB, AutoAttack, LPA (digits)",
                   device, body, extra)
 
