@@ -42,8 +42,9 @@ demo: install
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]" || true
-	# torchattacks (optional baseline) declares torchvision, which would replace the CPU torch: install it alone
-	$(PY) -m pip install -q --no-deps torchattacks || true
+	# torchattacks and adv-lib (optional baselines) declare torchvision, which would replace the CPU torch:
+	# install them alone (bench_adv.py loads only adv-lib's FMN module, which needs neither)
+	$(PY) -m pip install -q --no-deps torchattacks adv-lib || true
 	$(PY) benchmarks/run_all.py
 
 lint: install
