@@ -320,10 +320,34 @@ def fab_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, restarts: in
     for r in range(restarts):
         with torch.no_grad():
             xa = atk.attack_single_run(x.clone(), y.clone(), use_rand_start=r > 0)
-        v = adv.judge(model, x, y, xa.to(x.dtype), dist_name, math.inf)
-        rad = torch.where(v.misclassified & v.finite, v.distance, torch.full_like(v.distance, math.inf))
-        best = torch.minimum(best, rad)
+        best = torch.minimum(best, judged_radius(model, x, y, xa, dist_name))
     return best, time.perf_counter() - t
+
+
+def judged_radius(model: nn.Module, x: Tensor, y: Tensor, xa: Tensor, dist_name: str) -> Tensor:
+    """The judge's distance of each returned point that the model misclassifies, inf elsewhere."""
+    v = adv.judge(model, x, y, xa.detach().to(x.dtype), dist_name, math.inf)
+    return torch.where(v.misclassified & v.finite, v.distance, torch.full_like(v.distance, math.inf))
+
+
+def baseline_row(rows: list[list[Any]], name: str, radius: Tensor, secs_per_image: float) -> Tensor:
+    """Append a baseline's table row (found, mean and median radius, time); returns its found mask."""
+    found = torch.isfinite(radius)
+    mean, med = stats(radius, found)
+    rows.append([name, int(found.sum()), mean, med, secs_per_image])
+    return found
+
+
+def paired(ours: Tensor, theirs: Tensor, found: Tensor) -> dict[str, Any]:
+    """Radii of two methods on the images both found: means, ratio, how often ours is smaller /
+    larger by more than 0.1 %, mean paired difference."""
+    mo, _ = stats(ours, found)
+    mt, _ = stats(theirs, found)
+    diff = (ours - theirs)[found]
+    rel = diff / theirs[found]
+    return dict(n=int(found.sum()), ours=mo, theirs=mt, ratio=(mo / mt if mo and mt else None),
+                smaller=int((rel < -1e-3).sum()), larger=int((rel > 1e-3).sum()),
+                diff=float(diff.mean()) if diff.numel() else None)
 
 
 def fmn_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, steps: int, alphas: list[float]
@@ -333,9 +357,7 @@ def fmn_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, steps: int, 
     t = time.perf_counter()
     for a in alphas:
         xa = FMN(model, x.clone(), y.clone(), norm=FMN_NORMS[dist_name], steps=steps, α_init=a)
-        v = adv.judge(model, x, y, xa.detach().to(x.dtype), dist_name, math.inf)
-        rad = torch.where(v.misclassified & v.finite, v.distance, torch.full_like(v.distance, math.inf))
-        best = torch.minimum(best, rad)
+        best = torch.minimum(best, judged_radius(model, x, y, xa, dist_name))
     return best, time.perf_counter() - t
 
 
@@ -365,46 +387,29 @@ def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: ar
     if ta is not None:
         log(f"[min] {dist_name}: FAB x{args.fab_restarts}")
         rf, tf = fab_min(model, x, y, dist_name, args.fab_restarts, args.fab_steps, args.seed)
-        found_f = torch.isfinite(rf)
-        mean_f, med_f = stats(rf, found_f)
-        rows.append([f"torchattacks FAB ({args.fab_restarts} runs x {args.fab_steps} steps, min over runs)",
-                     int(found_f.sum()), mean_f, med_f, tf / n])
-        both = found_p & found_f
-        mp, _ = stats(res.radius, both)
-        mf, _ = stats(rf, both)
-        diff = (res.radius - rf)[both]
-        rel = diff / rf[both]
-        note.append(f"on the {int(both.sum())} images both found: min_distortion mean {fmt(mp, 5)}, FAB mean "
-                    f"{fmt(mf, 5)}, ratio = {fmt(mp / mf if mp and mf else None, 5)}; mean paired difference "
-                    f"{fmt(float(diff.mean()) if diff.numel() else None, 4)}; smaller than FAB's by > 0.1 % on "
-                    f"{int((rel < -1e-3).sum())} images, larger by > 0.1 % on {int((rel > 1e-3).sum())}.")
-        both_a = found_a & found_f
-        ma, _ = stats(alone, both_a)
-        mfa, _ = stats(rf, both_a)
-        rel_a = (alone - rf)[both_a] / rf[both_a]
-        note.append(f"PWCF alone on the {int(both_a.sum())} images both found: PWCF/FAB = "
-                    f"{fmt(ma / mfa if ma and mfa else None, 5)}; smaller by > 0.1 % on {int((rel_a < -1e-3).sum())} "
-                    f"images, larger by > 0.1 % on {int((rel_a > 1e-3).sum())}.")
-        entry.update(fab_mean=mf, pwcf_mean_both=mp, ratio=(mp / mf if mp and mf else None),
-                     ratio_alone=(ma / mfa if ma and mfa else None))
+        found_f = baseline_row(rows, f"torchattacks FAB ({args.fab_restarts} runs x {args.fab_steps} steps, min over "
+                               "runs)", rf, tf / n)
+        c = paired(res.radius, rf, found_p & found_f)
+        note.append(f"on the {c['n']} images both found: min_distortion mean {fmt(c['ours'], 5)}, FAB mean "
+                    f"{fmt(c['theirs'], 5)}, ratio = {fmt(c['ratio'], 5)}; mean paired difference "
+                    f"{fmt(c['diff'], 4)}; smaller than FAB's by > 0.1 % on {c['smaller']} images, larger by "
+                    f"> 0.1 % on {c['larger']}.")
+        ca = paired(alone, rf, found_a & found_f)
+        note.append(f"PWCF alone on the {ca['n']} images both found: PWCF/FAB = {fmt(ca['ratio'], 5)}; smaller by "
+                    f"> 0.1 % on {ca['smaller']} images, larger by > 0.1 % on {ca['larger']}.")
+        entry.update(fab_mean=c["theirs"], pwcf_mean_both=c["ours"], ratio=c["ratio"], ratio_alone=ca["ratio"])
     else:
         note.append(f"torchattacks not importable ({TA_ERROR}): no FAB baseline.")
     if FMN is not None and args.fmn_steps > 0:
         alphas = [float(a) for a in args.fmn_alphas.split(",") if a.strip()]
         log(f"[min] {dist_name}: FMN {args.fmn_steps} steps, alpha_init {alphas}")
         rm, tm = fmn_min(model, x, y, dist_name, args.fmn_steps, alphas)
-        found_m = torch.isfinite(rm)
-        mean_m, med_m = stats(rm, found_m)
-        rows.append([f"FMN ({FMN_INFO}; {args.fmn_steps} steps, alpha_init in {{{args.fmn_alphas}}}, min over runs)",
-                     int(found_m.sum()), mean_m, med_m, tm / n])
-        both_m = found_p & found_m
-        mp_m, _ = stats(res.radius, both_m)
-        mm, _ = stats(rm, both_m)
-        rel_m = (res.radius - rm)[both_m] / rm[both_m]
-        note.append(f"against FMN on the {int(both_m.sum())} images both found: min_distortion/FMN = "
-                    f"{fmt(mp_m / mm if mp_m and mm else None, 5)}; smaller by > 0.1 % on {int((rel_m < -1e-3).sum())} "
-                    f"images, larger by > 0.1 % on {int((rel_m > 1e-3).sum())}.")
-        entry.update(fmn_mean=mm, ratio_fmn=(mp_m / mm if mp_m and mm else None))
+        found_m = baseline_row(rows, f"FMN ({FMN_INFO}; {args.fmn_steps} steps, alpha_init in {{{args.fmn_alphas}}}, "
+                               "min over runs)", rm, tm / n)
+        cm = paired(res.radius, rm, found_p & found_m)
+        note.append(f"against FMN on the {cm['n']} images both found: min_distortion/FMN = {fmt(cm['ratio'], 5)}; "
+                    f"smaller by > 0.1 % on {cm['smaller']} images, larger by > 0.1 % on {cm['larger']}.")
+        entry.update(fmn_mean=cm["theirs"], ratio_fmn=cm["ratio"])
     elif FMN is None:
         note.append(f"adv-lib not importable ({FMN_INFO}): no FMN baseline.")
     summary.setdefault("min", {})[dist_name] = entry

@@ -98,6 +98,16 @@ def _two_loop_dense(pairs, gamma: float, n: int) -> np.ndarray:
     return np.stack([_two_loop(pairs, gamma, e) for e in np.eye(n)], axis=1)
 
 
+def _requests(g: torch.Generator, B: int, n: int):
+    """One batch of update requests ``(s, y, mask, neg)``: positive curvature except where ``neg``
+    (about 30 %, y flipped), mask with about 60 % set (possibly none)."""
+    s = _randn(g, B, n)
+    y = _bmv(_spd(g, B, n), s)
+    mask = _mask(g, B, at_least_one=False)
+    neg = _rand(g, B) < 0.3
+    return s, torch.where(neg.unsqueeze(1), -y, y), mask, neg
+
+
 def _states_equal_rows(a, b, rows) -> bool:
     """Tensor fields equal on ``rows``; other fields (flags) equal outright."""
     return all(torch.equal(fa[rows], fb[rows]) if isinstance(fa, torch.Tensor) else fa == fb for fa, fb in zip(a, b))
@@ -155,12 +165,8 @@ def test_bfgs_matches_textbook_formula_and_initial_scaling(seed, B, n):
     ref_p = [H0[b].numpy().copy() for b in range(B)]
     pending = [True] * B
     for _step in range(4):
-        s = _randn(g, B, n)
-        y = _bmv(_spd(g, B, n), s)
-        mask = _mask(g, B, at_least_one=False)
         # a non-positive-curvature request must not consume the initial scaling
-        neg = _rand(g, B) < 0.3
-        y = torch.where(neg.unsqueeze(1), -y, y)
+        s, y, mask, neg = _requests(g, B, n)
         st_scaled, info_s = bfgs.update(st_scaled, s, y, mask)
         st_plain, info_p = bfgs.update(st_plain, s, y, mask)
         exp_code = torch.where(mask, torch.where(neg, 2, 0), -1).to(torch.int8)
@@ -194,11 +200,7 @@ def test_bfgs_identity_start_scaling_matches_textbook_formula(seed, B, n):
     ref = [np.eye(n) for _ in range(B)]
     pending = [True] * B
     for _step in range(4):
-        s = _randn(g, B, n)
-        y = _bmv(_spd(g, B, n), s)
-        mask = _mask(g, B, at_least_one=False)
-        neg = _rand(g, B) < 0.3
-        y = torch.where(neg.unsqueeze(1), -y, y)
+        s, y, mask, neg = _requests(g, B, n)
         st, info = bfgs.update(st, s, y, mask)
         assert torch.equal(info.code, torch.where(mask, torch.where(neg, 2, 0), -1).to(torch.int8))
         for b in range(B):
