@@ -107,6 +107,10 @@ class BFGSState(NamedTuple):
     rows: tuple[int, ...] | None = None
 
 
+# full-memory states of at least this dimension on the CPU are updated in place (BFGSState.inplace)
+INPLACE_MIN_N = 256
+
+
 def state_rows(state: Any, idx: Tensor) -> Any:
     """The state of problems ``idx`` (k,) of ``state``: a view for an in-place
     :class:`BFGSState`, a copy of every leaf's rows otherwise."""
@@ -133,7 +137,7 @@ class BFGS:
 
     name = "bfgs"
 
-    def __init__(self, damping: float = 1e-4, *, inplace_min_n: int | None = 256) -> None:
+    def __init__(self, damping: float = 1e-4, *, inplace_min_n: int | None = INPLACE_MIN_N) -> None:
         """``inplace_min_n``: states of at least this dimension on the CPU are updated in place
         (see :class:`BFGSState`); None: never."""
         self.damping = float(damping)

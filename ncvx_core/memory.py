@@ -2,7 +2,8 @@
 
 Before a run the solver estimates the bytes of its largest buffers per problem:
 
-* inverse Hessian: ``n^2`` (full BFGS) or ``2 m n`` (L-BFGS, m pairs);
+* inverse Hessian: ``n^2`` (full BFGS updated in place: n >= 256 on the CPU), ``2 n^2`` (full BFGS
+  whose update writes a new matrix) or ``2 m n`` (L-BFGS, m pairs);
 * gradient cache: ``L n (2 + p + q)`` (points, objective gradients, constraint Jacobians);
 * stationarity-QP workspace: about ``4 L (1 + p + q) n`` (the sample matrix, H times it, gathers)
   plus ``3 (L (1 + p + q))^2`` float64 entries for the QP itself.
@@ -19,6 +20,8 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+from .hessian import INPLACE_MIN_N
 
 __all__ = ["MemoryPlan", "available_memory", "plan_memory"]
 
@@ -57,9 +60,9 @@ class MemoryPlan:
     reasons: list[str]
 
 
-def _bytes(B: int, n: int, p: int, q: int, m: int, L: int, chunk: int, elt: int) -> int:
+def _bytes(B: int, n: int, p: int, q: int, m: int, L: int, chunk: int, elt: int, full_copies: int = 1) -> int:
     w = 1 + p + q
-    hess = B * (n * n if m == 0 else 2 * m * n) * elt
+    hess = B * (full_copies * n * n if m == 0 else 2 * m * n) * elt
     cache = B * L * n * (2 + p + q) * elt
     work = chunk * (4 * L * w * n * elt + 3 * (L * w) ** 2 * 8)
     return hess + cache + work
@@ -75,15 +78,17 @@ def plan_memory(B: int, n: int, p: int, q: int, dtype: torch.dtype, device: torc
     L = ngrad if ngrad is not None else min(100, 2 * n, n + 10)
     chunk = B
     reasons: list[str] = []
-    est = _bytes(B, n, p, q, m, L, chunk, elt)
+    # the full-memory update writes a second (B, n, n) matrix unless it runs in place
+    copies = 1 if torch.device(device).type == "cpu" and n >= INPLACE_MIN_N else 2
+    est = _bytes(B, n, p, q, m, L, chunk, elt, copies)
     if not auto or est <= budget:
         return MemoryPlan(m, L, chunk, est, budget, reasons)
     gib = 2.0**30
-    if m == 0 and not fixed_hessian and B * n * n * elt > 0.25 * budget:
+    if m == 0 and not fixed_hessian and copies * B * n * n * elt > 0.25 * budget:
         m = 100
         while m > 5 and B * 2 * m * n * elt > 0.25 * budget:
             m //= 2
-        reasons.append(f"full BFGS needs {B * n * n * elt / gib:.2f} GiB (B={B}, n={n}); using limited memory "
+        reasons.append(f"full BFGS needs {copies * B * n * n * elt / gib:.2f} GiB (B={B}, n={n}); using limited memory "
                        f"with m={m} ({B * 2 * m * n * elt / gib:.2f} GiB)")
     if ngrad is None:
         L0 = L
@@ -96,7 +101,7 @@ def plan_memory(B: int, n: int, p: int, q: int, dtype: torch.dtype, device: torc
     chunk = max(1, min(B, int(0.3 * budget // max(per, 1))))
     if chunk < B:
         reasons.append(f"stationarity QP in chunks of {chunk} problems ({per * chunk / gib:.2f} GiB each)")
-    est = _bytes(B, n, p, q, m, L, chunk, elt)
+    est = _bytes(B, n, p, q, m, L, chunk, elt, copies)
     if est > budget:
         reasons.append(f"estimated {est / gib:.2f} GiB still exceeds the budget of {budget / gib:.2f} GiB")
     for r in reasons:
