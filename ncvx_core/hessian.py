@@ -170,12 +170,14 @@ class BFGS:
 
         Written as ``H+ = f H + U V^T`` with the (k, n, 2) factors ``U = [Hy, s]`` and
         ``V = [-rho s, coef s - rho Hy]`` (f the initial scaling, 1 after it), so the n x n work is
-        two matrix-vector products (``H s`` for the damping, then ``H y``) and one fused rank-2
-        update: a few traversals of H instead of one per elementwise operation. A problem that is
-        not updated gets zero factors and ``f = 1`` and keeps its H bit for bit, without a
-        branch or a host read. Rejected as non-finite (code 3): a non-finite s, y, ``H y`` or
-        coefficient, or an update whose entries could overflow (bound from the diagonal of the
-        positive definite H and the factors' magnitudes).
+        two matrix-vector products (``H s`` for the damping, then ``H y``; one two-column pass for
+        an in-place state, ``H y`` redone where damping changed y) and one fused rank-2 update: a
+        few traversals of H instead of one per elementwise operation. A problem that is not
+        updated gets zero factors and ``f = 1`` and keeps its H bit for bit, without a branch or a
+        host read (an in-place state, which lives on the CPU, skips its block instead). Rejected
+        as non-finite (code 3): a non-finite s, y, ``H y`` or coefficient, or an update whose
+        entries could overflow (bound from the diagonal of the positive definite H and the
+        factors' magnitudes).
         """
         H = state.H
         if state.inplace:  # H s and H y in one pass over each block; H y again only where damped
