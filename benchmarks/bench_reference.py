@@ -5,6 +5,9 @@ Problems:
 * digits MLP, max-loss l2 attack (paper Eq. 1) at ``--eps`` (default chosen to give a mixed
   success rate), B in ``--batches``;
 * digits MLP, minimal-distortion problem (paper Eq. 4), same B;
+* a CNN on 3 x 32 x 32 inputs (n = 3072), max-loss l2 attack at ``--cnn-eps`` with full-memory
+  BFGS, ``--cnn-maxit`` iterations, B in ``--cnn-batches`` (PyGRANSO and the loop on the first
+  ``--cnn-ref-max`` problems): the image-sized case, where the n x n work dominates;
 * the conformance problems A1, B1, B3_d1, C1 of ``ncvx_core.testing.problems`` at ``--small-batch``
   with their own options.
 
@@ -32,9 +35,11 @@ from common import (  # noqa: E402
     MinDistortionProblem,
     RowView,
     add_common_args,
+    cnn_inputs,
     correctly_classified,
     fmt,
     log,
+    make_cnn,
     md_table,
     out_path,
     quiet_stdout,
@@ -146,20 +151,50 @@ def bench_adversarial(args: argparse.Namespace, device: torch.device, dtype: tor
     body.append("## Digits MLP (n = 64)\n")
     body.append("Model: " + ", ".join(f"{k}: {v}" for k, v in info.items()) + ".\n")
     Bmax = max(args.batches)
-    x_all, y_all = correctly_classified(model, Xte, yte, Bmax)
-    x_all_cpu, y_all_cpu = correctly_classified(model_cpu, Xte_cpu, yte_cpu, Bmax)
-    our_opts = SolverOptions(maxit=args.maxit, opt_tol=args.opt_tol, viol_ineq_tol=TOL,
-                             limited_mem_size=args.limited_mem_size, print_level=0)
-    ref_opts = {"maxit": args.maxit, "opt_tol": args.opt_tol, "viol_ineq_tol": TOL,
-                "limited_mem_size": args.limited_mem_size}
+    data = correctly_classified(model, Xte, yte, Bmax)
+    data_cpu = correctly_classified(model_cpu, Xte_cpu, yte_cpu, Bmax)
+    _compare(args, device, dtype, have_ref, body, model, model_cpu, data, data_cpu, eps=args.eps,
+             batches=args.batches, kinds=("attack", "mindist"), maxit=args.maxit,
+             limited_mem_size=args.limited_mem_size, ref_max=args.ref_max, loop_max=args.loop_max)
+
+
+def bench_cnn(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, have_ref: bool,
+              body: list[str]) -> None:
+    """The max-loss attack at image size (n = 3072) with full-memory BFGS on both sides."""
+    cpu = torch.device("cpu")
+    model = make_cnn(device, dtype, seed=args.seed)
+    model_cpu = make_cnn(cpu, torch.float64, seed=args.seed)
+    body.append("## CNN on 3 x 32 x 32 inputs (n = 3072), full-memory BFGS\n")
+    body.append("Model: conv3x3(16)-pool-conv3x3(32)-pool-linear(10), random weights, random inputs in [0, 1] "
+                "labelled with the model's own prediction (`common.make_cnn`, `common.cnn_inputs`).\n")
+    Bmax = max(args.cnn_batches)
+    _compare(args, device, dtype, have_ref, body, model, model_cpu, cnn_inputs(model, Bmax, seed=args.seed),
+             cnn_inputs(model_cpu, Bmax, seed=args.seed), eps=args.cnn_eps, batches=args.cnn_batches,
+             kinds=("attack",), maxit=args.cnn_maxit, limited_mem_size=0, ref_max=args.cnn_ref_max,
+             loop_max=args.cnn_ref_max)
+
+
+def _compare(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, have_ref: bool, body: list[str],
+             model: Any, model_cpu: Any, data: tuple[torch.Tensor, torch.Tensor],
+             data_cpu: tuple[torch.Tensor, torch.Tensor], *, eps: float, batches: list[int], kinds: tuple[str, ...],
+             maxit: int, limited_mem_size: int, ref_max: int, loop_max: int) -> None:
+    """PyGRANSO (one call per problem, CPU float64) against ncvx_core batched at each B and a loop
+    of its single-problem solves, for each problem kind; tables and paired quality lines."""
+    x_all, y_all = data
+    x_all_cpu, y_all_cpu = data_cpu
+    Bmax = max(batches)
+    our_opts = SolverOptions(maxit=maxit, opt_tol=args.opt_tol, viol_ineq_tol=TOL,
+                             limited_mem_size=limited_mem_size, print_level=0)
+    ref_opts = {"maxit": maxit, "opt_tol": args.opt_tol, "viol_ineq_tol": TOL,
+                "limited_mem_size": limited_mem_size}
     body.append(f"Options (both solvers, GRANSO names): `{ref_opts}`; everything else at the defaults. "
                 f"PyGRANSO runs on the CPU in float64 (one `pygranso()` call per problem, through "
                 f"`ncvx_core.testing.reference.solve_reference`); ncvx_core on `{device}` in `{dtype}`. "
                 f"Points checked: the `best` record of each solver (PyGRANSO: `soln.best`, else "
                 f"`most_feasible`). Feasible: constraint violation recomputed at the point <= {TOL}.\n")
-    for kind in ("attack", "mindist"):
+    for kind in kinds:
         if kind == "attack":
-            title = (f"### Max-loss attack (Eq. 1), l2 eps = {args.eps}\n\nf = -min(margin, 0.01), ci = ||x - x0||_2 - eps; "
+            title = (f"### Max-loss attack (Eq. 1), l2 eps = {eps}\n\nf = -min(margin, 0.01), ci = ||x - x0||_2 - eps; "
                      "success = misclassified after clamping to [0, 1] and radius <= eps (1 + 1e-6), re-checked with the model. "
                      "Start: x_clean + a random direction of length eps/2.\n")
         else:
@@ -169,7 +204,7 @@ def bench_adversarial(args: argparse.Namespace, device: torch.device, dtype: tor
         body.append(title)
 
         def make(x: torch.Tensor, y: torch.Tensor, m: Any, kind: str = kind) -> Any:
-            return AttackProblem(m, x, y, args.eps) if kind == "attack" else MinDistortionProblem(m, x, y)
+            return AttackProblem(m, x, y, eps) if kind == "attack" else MinDistortionProblem(m, x, y)
 
         P_all = make(x_all, y_all, model)
         P_all_cpu = make(x_all_cpu, y_all_cpu, model_cpu)
@@ -178,7 +213,7 @@ def bench_adversarial(args: argparse.Namespace, device: torch.device, dtype: tor
         rows = []
         pairs: list[str] = []
         ref_chk = None
-        k_ref = min(Bmax, args.ref_max) if args.ref_max else Bmax
+        k_ref = min(Bmax, ref_max) if ref_max else Bmax
         if have_ref:
             log(f"[{kind}] PyGRANSO on {k_ref} problems ...")
             bx, st, it, secs = run_ref(P_all_cpu, x0_all_cpu, ref_opts, k_ref)
@@ -188,13 +223,13 @@ def bench_adversarial(args: argparse.Namespace, device: torch.device, dtype: tor
             log(f"  {secs:.1f} s, {ref_sum['per_problem_s']:.3f} s/problem, success {ref_sum['success']:.2f}")
         loop = None
         if not args.skip_loop:
-            k_loop = min(Bmax, args.loop_max) if args.loop_max else Bmax
+            k_loop = min(Bmax, loop_max) if loop_max else Bmax
             log(f"[{kind}] ncvx_core loop of {k_loop} single-problem solves ...")
             P_loop = make(x_all[:k_loop], y_all[:k_loop], model)
             lx, lst, lit, lsecs = run_loop(P_loop, x0_all[:k_loop], our_opts, k_loop, device)
             loop = summarize(kind, check_points(P_loop, lx, kind), lst, lit, lsecs, k_loop)
             log(f"  {lsecs:.1f} s, {loop['per_problem_s']:.3f} s/problem")
-        for B in args.batches:
+        for B in batches:
             P = make(x_all[:B], y_all[:B], model)
             x0 = x0_all[:B]
             log(f"[{kind}] B = {B}: ncvx_core batched ...")
@@ -212,7 +247,7 @@ def bench_adversarial(args: argparse.Namespace, device: torch.device, dtype: tor
                 return [name, B, r["k"], r["total_s"], r["per_problem_s"], vs_ref, vs_batched, r["success"],
                         r["feasible"], r["mean_f"], *extra, r["iters"], r["status"]]
 
-            if have_ref and B == args.batches[0]:
+            if have_ref and B == batches[0]:
                 rows.append(row("PyGRANSO, one call per problem", ref_sum, "-"))
             rows.append(row("ncvx_core, one batched call", ours))
             if loop:
@@ -304,6 +339,12 @@ def main() -> int:
     ap.add_argument("--small", type=lambda s: [v for v in s.split(",") if v], default=["A1", "B1", "B3_d1", "C1"],
                     help="conformance problems (comma-separated; empty string to skip)")
     ap.add_argument("--skip-adversarial", action="store_true")
+    ap.add_argument("--cnn-batches", type=_ints, default=[4, 16],
+                    help="B values of the CNN attack (n = 3072, full memory; empty to skip; default 4,16)")
+    ap.add_argument("--cnn-eps", type=float, default=0.05, help="l2 radius of the CNN attack (default 0.05)")
+    ap.add_argument("--cnn-maxit", type=int, default=20, help="maxit of the CNN attack (default 20)")
+    ap.add_argument("--cnn-ref-max", type=int, default=4,
+                    help="CNN problems run by PyGRANSO and by the loop of single solves (default 4)")
     ap.add_argument("--skip-loop", action="store_true", help="skip the loop of our own single-problem solves")
     args = ap.parse_args()
     device, dtype = setup(args)
@@ -318,6 +359,8 @@ def main() -> int:
     body: list[str] = []
     if not args.skip_adversarial:
         bench_adversarial(args, device, dtype, have_ref, body)
+        if args.cnn_batches:
+            bench_cnn(args, device, dtype, have_ref, body)
     if args.small:
         bench_small(args, device, have_ref, body)
     body.append(f"\nScript wall time: {time.perf_counter() - t0:.0f} s.\n")
