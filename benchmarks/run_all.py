@@ -55,14 +55,15 @@ def plans(device: str, quick: bool) -> dict[str, list[str]]:
             "overhead": ["--batches", "1,8,64", "--cnn-batches", "1,8,32", "--cnn-full-batches", "1", "--budget", "120"],
             "scaling": ["--b-sweep", "1,4,16,64", "--full-sweep", "1,4,16", "--n-sweep", "64,1024,3072,12288",
                         "--budget", "120"],
-            "reference": ["--batches", "16", "--maxit", "50", "--small-batch", "4", "--loop-max", "8"],
+            "reference": ["--batches", "16", "--maxit", "50", "--small-batch", "4", "--loop-max", "8",
+                          "--cnn-batches", "4", "--cnn-ref-max", "2", "--cnn-maxit", "10"],
             "adv": ["--quick"],
             "linesearch": ["--batch", "32", "--adv-images", "10", "--repeats", "1"],
             "host_sync": ["--maxit", "10"],
         }
     return {
         "qp": ["--loop-seconds", "6"],
-        "overhead": ["--batches", "1,8,64,256,512", "--cnn-batches", "1,8,64,128", "--cnn-full-batches", "1,4",
+        "overhead": ["--batches", "1,8,64,256,512", "--cnn-batches", "1,8,64,128", "--cnn-full-batches", "1,4,16",
                      "--budget", "300"],
         "scaling": ["--b-sweep", "1,4,16,64,256", "--full-sweep", "1,4,16,64", "--n-sweep", "64,1024,3072,12288,150528",
                     "--budget", "420"],
