@@ -166,7 +166,15 @@ class BFGS:
         return torch.stack([state.H[r] @ V[j] for j, r in enumerate(rows)])
 
     def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
-        """One inverse BFGS update per problem where ``mask``.
+        """One inverse BFGS update per problem where ``mask`` (see :meth:`update_apply`)."""
+        new, info, _ = self.update_apply(state, s, y, mask, None)
+        return new, info
+
+    def update_apply(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor,
+                     X: Tensor | None) -> tuple[BFGSState, UpdateInfo, Tensor | None]:
+        """:meth:`update`, and ``H+ X`` for ``X (k, n, c)`` (None: none) at little extra cost:
+        ``H X`` rides along with the products of the update (same pass over H) and
+        ``H+ X = f H X + U (V^T X)``. Problems not updated get ``H X``, their H being unchanged.
 
         Written as ``H+ = f H + U V^T`` with the (k, n, 2) factors ``U = [Hy, s]`` and
         ``V = [-rho s, coef s - rho Hy]`` (f the initial scaling, 1 after it), so the n x n work is
@@ -180,13 +188,20 @@ class BFGS:
         factors' magnitudes).
         """
         H = state.H
-        if state.inplace:  # H s and H y in one pass over each block; H y again only where damped
-            HSY = self.matmul(state, torch.stack([s, y], dim=2))
+        HX = None
+        if state.inplace:  # H s, H y (and H X) in one pass over each block; H y again only where damped
+            cols = [s.unsqueeze(2), y.unsqueeze(2)] + ([X] if X is not None else [])
+            HSY = self.matmul(state, torch.cat(cols, dim=2))
             h, Hy0 = HSY[..., 0], HSY[..., 1]
+            HX = HSY[..., 2:] if X is not None else None
             y, sty, damped = damp(s, y, h, self.damping)
             Hy0 = self._redo_damped(state, y, Hy0, damped & mask)
         else:
-            h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
+            if X is None:
+                h = self.matmul(state, s.unsqueeze(2)).squeeze(2)
+            else:
+                HSX = self.matmul(state, torch.cat([s.unsqueeze(2), X], dim=2))
+                h, HX = HSX[..., 0], HSX[..., 1:]
             y, sty, damped = damp(s, y, h, self.damping)
             Hy0 = self.matmul(state, y.unsqueeze(2)).squeeze(2)
         sty_ok = sty > 0  # NaN compares False: skipped
@@ -227,7 +242,9 @@ class BFGS:
         code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
         code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
         pending = state.scale_pending & ~ok
-        return state._replace(H=Hn, scale_pending=pending), UpdateInfo(code, damped & mask)
+        if HX is not None:
+            HX = f.view(-1, 1, 1) * HX + bmm(U, bmm(V.transpose(1, 2), X))
+        return state._replace(H=Hn, scale_pending=pending), UpdateInfo(code, damped & mask), HX
 
     @staticmethod
     def _redo_damped(state: BFGSState, y: Tensor, Hy: Tensor, damped: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import NcvxError, ProblemDefinitionError
-from .hessian import BFGS, LBFGS, HessianApprox, regularize, state_put, state_rows
+from .hessian import BFGS, LBFGS, BFGSState, HessianApprox, regularize, state_put, state_rows
 from .linesearch import (
     LS_BRACKETED,
     LS_NO_BRACKET,
@@ -85,6 +85,10 @@ class State(NamedTuple):
     mf: Record
     mu_lowest: Tensor
     counters: Tensor       # (B, 6): requests, updates, damped, sty_fails, infnan_fails, scaling_skips
+    # H times the steering columns [g, Je^T, Ji^T] at x, from the last update ((B, n, 1 + q + p), or
+    # (B, 0, 0) when not kept), and where it is current (H and x unchanged since)
+    hv: Tensor
+    hv_ok: Tensor
 
 
 class HaltInfo(NamedTuple):
@@ -157,6 +161,12 @@ def _violation_rows(ev: Evaluation, o: SolverOptions) -> Violation:
 
 def _phi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
     return mu * ev.f + viol.v1
+
+
+def _steer_cols(ev: Evaluation, rows: Tensor | None = None) -> Tensor:
+    """``[g, Je^T, Ji^T]`` ``(k, n, 1 + q + p)``: the columns the steering multiplies by H."""
+    g, Je, Ji = (ev.g, ev.Je, ev.Ji) if rows is None else (ev.g[rows], ev.Je[rows], ev.Ji[rows])
+    return torch.cat([g.unsqueeze(2), Je.transpose(1, 2), Ji.transpose(1, 2)], dim=2)
 
 
 def _gphi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
@@ -334,6 +344,10 @@ class _Solver:
                          else BFGS(o.bfgs_damping))
         H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
                            scaleH0=o.scaleH0)
+        # in-place full memory: the update also returns H+ times the next directions' columns, which
+        # saves the next pass over every n x n block (see BFGS.update_apply)
+        self.reuse = (isinstance(H, BFGSState) and H.inplace and hasattr(self.hess, "update_apply")
+                      and o.regularize_threshold == math.inf)
         L = self.plan.ngrad
         self.cache = init_cache(B, L, n, self.p, self.q, self.dtype, self.device)  # all problems, updated in place
         i64 = dict(dtype=torch.long, device=self.device)
@@ -349,6 +363,9 @@ class _Solver:
             stat=zeros_f.clone(), n_grads=torch.ones(B, **i64), stat_fallback=torch.zeros(B, dtype=torch.int8, device=self.device),
             alpha=zeros_f.clone(), sd_level=torch.full((B,), -1, **i64), best=best, mf=mf,
             mu_lowest=mu.clone(), counters=torch.zeros(B, 6, **i64),
+            hv=(torch.zeros(B, n, 1 + self.p + self.q, dtype=self.dtype, device=self.device) if self.reuse
+                else torch.zeros(B, 0, 0, dtype=self.dtype, device=self.device)),
+            hv_ok=torch.zeros(B, dtype=torch.bool, device=self.device),
         )
         # stationarity at x0 (H0 before any update)
         all_rows = torch.arange(B, device=self.device)
@@ -494,16 +511,23 @@ class _Solver:
         # one host read for the three yes/no branch checks
         any_qn, any_steer, any_rand = torch.stack([qn.any(), steer_lanes.any(), rand.any()]).tolist()
         if any_qn:
-            d_qn = -self.hess.matmul(st.H, gphi.unsqueeze(2)).squeeze(2)
+            if self.reuse and not self.constrained and bool((st.hv_ok | ~qn).all()):
+                d_qn = -mu.unsqueeze(1) * st.hv[:, :, 0]  # gphi = mu g without constraints
+            else:
+                d_qn = -self.hess.matmul(st.H, gphi.unsqueeze(2)).squeeze(2)
             d = torch.where(bmask(qn, d), d_qn, d)
         if self.constrained and any_steer:
             rows = torch.nonzero(steer_lanes).flatten()
             Hsub = st.H if rows.numel() == k else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
-            apply = self._apply(Hsub, level[rows] == 1, Hreg)
+            ident = level[rows] == 1
+            apply = self._apply(Hsub, ident, Hreg)
+            HV = None
+            if self.reuse and bool(st.hv_ok[rows].all()):  # H V from the last update, I V at level SI
+                HV = torch.where(bmask(ident, st.hv[rows]), _steer_cols(ev, rows), st.hv[rows])
             res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,
                         c_viol=o.steering_c_viol, c_mu=o.steering_c_mu, maxit=o.steering_maxit,
-                        ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol)
+                        ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol, HV=HV)
             d = d.index_copy(0, rows, res.d)
             mu_new = mu.index_copy(0, rows, res.mu)
             qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)
@@ -686,7 +710,12 @@ class _Solver:
         s = t.unsqueeze(1) * d
         gphi_new = _gphi(new.ev, new.viol, new.mu)
         y = gphi_new - gphi_old
-        H_new, info = self.hess.update(H_before, s, y, ok)
+        if self.reuse:
+            H_new, info, hv = self.hess.update_apply(H_before, s, y, ok, _steer_cols(new.ev))
+            # every row: an updated one has H+ X, the others kept H and x, so H X is current too
+            new = new._replace(hv=hv, hv_ok=torch.ones_like(ok))
+        else:
+            H_new, info = self.hess.update(H_before, s, y, ok)
         code = info.code
         cnt = torch.stack([
             ok.long(), ((code == 0) | (code == 1)).long(), info.damped.long(), (code == 2).long(),

@@ -42,6 +42,7 @@ def steer(
     ineq_margin: float = 1e-6,
     l1_model: bool = True,
     qp_tol: float = 1e-12,
+    HV: Tensor | None = None,
 ) -> SteeringResult:
     """One steering step for k constrained problems.
 
@@ -55,6 +56,8 @@ def steer(
         apply_H: ``V (k, n, c) -> H V``.
         g: ``(k, n)`` objective gradients; ``ci (k, p)``, ``Ji (k, p, n)``, ``ce (k, q)``,
             ``Je (k, q, n)`` constraint values and gradients; ``mu (k,)``.
+        HV: ``H [g, Je^T, Ji^T]`` ``(k, n, 1 + q + p)`` when the caller already has it (then
+            ``apply_H`` is not called).
     """
     k, n = g.shape
     p, q = ci.shape[1], ce.shape[1]
@@ -62,7 +65,8 @@ def steer(
     dt = g.dtype
     A = torch.cat([Je, Ji], dim=1)  # (k, mc, n) rows = constraint gradients
     c = torch.cat([ce, ci], dim=1).double()  # (k, mc)
-    HV = apply_H(torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2))  # (k, n, 1 + mc)
+    if HV is None:
+        HV = apply_H(torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2))  # (k, n, 1 + mc)
     u, W = HV[:, :, 0], HV[:, :, 1:]
     Q = bmm(A.double(), W.double())
     Q = 0.5 * (Q + Q.transpose(1, 2))

@@ -284,6 +284,25 @@ def test_bfgs_inplace_mode_matches_the_copying_update(seed, B, n, identity, scal
         assert _rel(st_i.H, st_r.H) < 1e-12
 
 
+@given(seed=seeds, B=batch, n=dims, inplace=st.booleans(), scale=st.booleans(), c=st.integers(1, 3))
+def test_bfgs_update_apply_returns_the_updated_product(seed, B, n, inplace, scale, c):
+    """``update_apply`` gives the same state and codes as ``update`` and ``H+ X`` equal to the
+    product with the updated H (damped, skipped and scaled problems included)."""
+    g = _gen(seed)
+    H0 = _spd(g, B, n)
+    bfgs = BFGS(damping=0.2, inplace_min_n=1 if inplace else None)
+    st_a = bfgs.init(B, n, DT, CPU, H0=H0, scaleH0=scale)
+    st_b = bfgs.init(B, n, DT, CPU, H0=H0, scaleH0=scale)
+    for _step in range(3):
+        s, y, mask, _neg = _requests(g, B, n)
+        X = _randn(g, B, n, c)
+        st_a, info_a, HX = bfgs.update_apply(st_a, s, y, mask, X)
+        st_b, info_b = bfgs.update(st_b, s, y, mask)
+        assert torch.equal(info_a.code, info_b.code) and torch.equal(st_a.H, st_b.H)
+        err = (HX - torch.bmm(st_a.H, X)).flatten(1).norm(dim=1)
+        assert bool((err <= 1e-12 * st_a.H.flatten(1).norm(dim=1) * X.flatten(1).norm(dim=1)).all())
+
+
 @given(seed=seeds, B=st.integers(3, 6), n=dims)
 def test_bfgs_inplace_views_touch_only_their_rows(seed, B, n):
     g = _gen(seed)

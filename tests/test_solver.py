@@ -296,6 +296,34 @@ def test_inplace_bfgs_is_batch_invariant_and_agrees_with_the_copying_update(tmp_
     assert back.H_final.inplace and torch.equal(back.H_final.H, res.H_final.H)
 
 
+def test_inplace_bfgs_reuses_the_updated_product_in_the_steering(monkeypatch):
+    """Constrained problems with in-place full memory: the steering takes ``H [g, J^T]`` from the
+    last update instead of a new pass over H (checked against the fresh product), rows stay
+    batch invariant, and the runs reach the A1 optimum."""
+    from ncvx_core import solver as solver_mod
+
+    real_steer = solver_mod.steer
+    seen = {"reused": 0}
+
+    def spy(apply_H, g, ci, Ji, ce, Je, mu, **kw):
+        HV = kw.get("HV")
+        if HV is not None:
+            seen["reused"] += 1
+            fresh = apply_H(torch.cat([g.unsqueeze(2), torch.cat([Je, Ji], 1).transpose(1, 2)], dim=2))
+            assert torch.allclose(HV, fresh, rtol=1e-10, atol=1e-12)
+        return real_steer(apply_H, g, ci, Ji, ce, Je, mu, **kw)
+
+    monkeypatch.setattr(solver_mod, "steer", spy)
+    x0 = a1_x0(4)
+    fn = PROBLEMS["A1"](batch=4).fn
+    res = solve(fn, x0, opts(), hessian=BFGS(inplace_min_n=1))
+    assert seen["reused"] > 0
+    assert_near_a1_optimum(res)
+    for b in range(4):
+        single = solve(PROBLEMS["A1"](batch=1).fn, x0[b : b + 1], opts(), hessian=BFGS(inplace_min_n=1))
+        assert_rows_equal(res, slice(b, b + 1), single)
+
+
 # ==============================================================================================
 # 2. permutation equivariance
 # ==============================================================================================
