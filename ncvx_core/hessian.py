@@ -111,11 +111,16 @@ class BFGSState(NamedTuple):
 INPLACE_MIN_N = 256
 
 
+def _blocks(state: BFGSState) -> Any:
+    """Positions in ``state.H`` of the state's problems, in order."""
+    return state.rows if state.rows is not None else range(state.H.shape[0])
+
+
 def state_rows(state: Any, idx: Tensor) -> Any:
     """The state of problems ``idx`` (k,) of ``state``: a view for an in-place
     :class:`BFGSState`, a copy of every leaf's rows otherwise."""
     if isinstance(state, BFGSState) and state.inplace:
-        base = state.rows if state.rows is not None else range(state.H.shape[0])
+        base = _blocks(state)
         return state._replace(scale_pending=state.scale_pending[idx], rows=tuple(base[i] for i in idx.tolist()))
     return tree_rows(state, idx)
 
@@ -159,7 +164,7 @@ class BFGS:
             return bmm(state.H, V)
         # one product per problem on its own block of H: no copy of H for a subset, and the same
         # kernel whatever the batch (a batched product may round differently from a single one)
-        rows = state.rows if state.rows is not None else range(state.H.shape[0])
+        rows = _blocks(state)
         if V.shape[-1] == 1:  # two columns, as utils.bmm: a matrix-vector kernel rounds differently
             Vp = torch.cat([V, torch.zeros_like(V)], dim=-1)
             return torch.stack([state.H[r] @ Vp[j] for j, r in enumerate(rows)])[..., :1]
@@ -221,9 +226,7 @@ class BFGS:
                   & torch.isfinite(y).all(dim=1) & torch.isfinite(factor))
         # |H+_ij| <= f max_i H_ii + 2 max|U| max|V| (|H_ij| <= max diag for positive definite H)
         big = torch.finfo(H.dtype).max / 8
-        dmax = torch.diagonal(H, dim1=1, dim2=2).abs().amax(dim=1)
-        if state.rows is not None:
-            dmax = dmax[list(state.rows)]
+        dmax = torch.diagonal(H, dim1=1, dim2=2).abs().amax(dim=1)[list(_blocks(state))]
         bound = factor.abs() * dmax + 2 * U.abs().flatten(1).amax(dim=1) * V.abs().flatten(1).amax(dim=1)
         finite = finite & (bound < big)
         ok = mask & sty_ok & finite
@@ -246,17 +249,13 @@ class BFGS:
             HX = f.view(-1, 1, 1) * HX + bmm(U, bmm(V.transpose(1, 2), X))
         return state._replace(H=Hn, scale_pending=pending), UpdateInfo(code, damped & mask), HX
 
-    @staticmethod
-    def _redo_damped(state: BFGSState, y: Tensor, Hy: Tensor, damped: Tensor) -> Tensor:
+    def _redo_damped(self, state: BFGSState, y: Tensor, Hy: Tensor, damped: Tensor) -> Tensor:
         """``Hy`` with the rows of damped problems recomputed for their damped ``y``."""
-        rows = state.rows if state.rows is not None else range(state.H.shape[0])
-        redo = damped.tolist()  # host read: in-place states live on the CPU
-        if not any(redo):
+        redo = damped.nonzero().squeeze(1)  # host read: in-place states live on the CPU
+        if redo.numel() == 0:
             return Hy
         Hy = Hy.clone()
-        for j, r in enumerate(rows):
-            if redo[j]:
-                Hy[j] = (state.H[r] @ torch.stack([y[j], torch.zeros_like(y[j])], dim=1))[:, 0]
+        Hy[redo] = self.matmul(state_rows(state, redo), y[redo].unsqueeze(2)).squeeze(2)
         return Hy
 
     @staticmethod
@@ -265,7 +264,7 @@ class BFGS:
         (the factors are zero and ``f = 1`` elsewhere), one problem at a time (see :meth:`matmul`)."""
         H = state.H
         Vt = V.transpose(1, 2)
-        rows = state.rows if state.rows is not None else range(H.shape[0])
+        rows = _blocks(state)
         scaled, upd = torch.stack([f != 1, ok]).tolist()  # host read: this mode runs on the CPU only
         for j, r in enumerate(rows):
             if not upd[j]:
@@ -278,7 +277,9 @@ class BFGS:
                 Hr.diagonal().add_(f[j] - 1)
         return H
 
-    def dense(self, state: BFGSState) -> Tensor:
+    @staticmethod
+    def dense(state: BFGSState) -> Tensor:
+        """The ``(k, n, n)`` matrices of the state's problems (a copy for a view)."""
         return state.H if state.rows is None else state.H[list(state.rows)]
 
 

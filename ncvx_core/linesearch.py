@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .utils import tree_map, tree_rows
+from .utils import tree_map, tree_put, tree_rows
 
 __all__ = [
     "LS_OK",
@@ -105,15 +105,6 @@ class LineSearch(Protocol):
     name: str
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult: ...
-
-
-def _put_rows(base: Any, idx: Tensor, rows: Any) -> None:
-    """In-place ``base[idx] = rows`` over a NamedTuple tree (base owns its tensors)."""
-    if isinstance(base, tuple) and hasattr(base, "_fields"):
-        for b, r in zip(base, rows):
-            _put_rows(b, idx, r)
-    elif isinstance(base, Tensor):
-        base[idx] = rows.to(base.dtype)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -259,7 +250,7 @@ class WeakWolfe:
                 xr = x0[rows] + t_ret[rows].unsqueeze(1) * d[rows]
                 trial = prob.evaluate(xr, rows, True)
                 evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
-                _put_rows(best, rows, trial)
+                tree_put(best, rows, trial)
                 alpha = alpha.index_copy(0, rows, t_ret[rows])
             status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
@@ -331,7 +322,7 @@ class WeakWolfe:
             ti = take.nonzero().squeeze(1)  # one host sync (sizes the copy), then integer gathers
             n_failed = rows.numel() - ti.numel()
             if ti.numel():
-                _put_rows(ls.best, rows[ti], tree_rows(trial, ti))
+                tree_put(ls.best, rows[ti], tree_rows(trial, ti))
         ls.alpha = ls.alpha.index_copy(0, rows, torch.where(take, tr, ls.alpha[rows]))
         ls.beta = ls.beta.index_copy(0, rows, torch.where(lower_beta, tr, ls.beta[rows]))
         ls.done_ok = ls.done_ok.index_copy(0, rows, ok)

@@ -431,7 +431,7 @@ class _Solver:
         o = self.o
         if o.regularize_threshold == math.inf or not hasattr(Hstate, "H"):
             return None
-        H = Hstate.H if getattr(Hstate, "rows", None) is None else Hstate.H[list(Hstate.rows)]
+        H = BFGS.dense(Hstate) if isinstance(Hstate, BFGSState) else Hstate.H
         Hr, _ = regularize(H, o.regularize_threshold, o.regularize_max_eigenvalues)
         return Hr
 
