@@ -515,6 +515,14 @@ def main() -> None:
     ap.add_argument("--lpa-phases", type=int, default=5)
     ap.add_argument("--lpa-steps", type=int, default=40)
     args = ap.parse_args()
+    if args.fmn_steps < 0:
+        ap.error(f"--fmn-steps must be >= 0, got {args.fmn_steps}")
+    try:
+        alphas = [float(a) for a in args.fmn_alphas.split(",") if a.strip()]
+    except ValueError:
+        ap.error(f"--fmn-alphas must be comma-separated numbers, got {args.fmn_alphas!r}")
+    if not alphas or any(not (a > 0) for a in alphas):
+        ap.error(f"--fmn-alphas must list positive step sizes, got {args.fmn_alphas!r}")
     if args.dtype != "float64":
         ap.error("--dtype: the attacks run in float64 (the model is float32; the solver casts)")
     args.n = args.n or (20 if args.quick else 100)

@@ -111,6 +111,13 @@ class BFGSState(NamedTuple):
 INPLACE_MIN_N = 256
 
 
+def _check_idx(idx: Any) -> None:
+    if not isinstance(idx, Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must be a 1-D int64 (or int32) tensor of problem positions, got "
+                         f"{tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__}"
+                         + (f" {idx.dtype}" if isinstance(idx, Tensor) else ""))
+
+
 def _blocks(state: BFGSState) -> Any:
     """Positions in ``state.H`` of the state's problems, in order."""
     return state.rows if state.rows is not None else range(state.H.shape[0])
@@ -119,6 +126,7 @@ def _blocks(state: BFGSState) -> Any:
 def state_rows(state: Any, idx: Tensor) -> Any:
     """The state of problems ``idx`` (k,) of ``state``: a view for an in-place
     :class:`BFGSState`, a copy of every leaf's rows otherwise."""
+    _check_idx(idx)
     if isinstance(state, BFGSState) and state.inplace:
         base = _blocks(state)
         return state._replace(scale_pending=state.scale_pending[idx], rows=tuple(base[i] for i in idx.tolist()))
@@ -129,6 +137,7 @@ def state_put(full: Any, idx: Tensor, sub: Any) -> Any:
     """``full`` with the problems ``idx`` replaced by ``sub`` (their state from
     :func:`state_rows`, possibly updated since). In place for tensor leaves; an in-place
     :class:`BFGSState` already holds the new H, so only its flags are copied."""
+    _check_idx(idx)
     if isinstance(full, BFGSState) and full.inplace:
         return full._replace(scale_pending=full.scale_pending.index_copy(0, idx, sub.scale_pending))
     return tree_put(full, idx, sub)
@@ -145,6 +154,9 @@ class BFGS:
     def __init__(self, damping: float = 1e-4, *, inplace_min_n: int | None = INPLACE_MIN_N) -> None:
         """``inplace_min_n``: states of at least this dimension on the CPU are updated in place
         (see :class:`BFGSState`); None: never."""
+        if inplace_min_n is not None and (isinstance(inplace_min_n, bool) or not isinstance(inplace_min_n, int)
+                                          or inplace_min_n < 1):
+            raise ValueError(f"inplace_min_n must be None or an int >= 1, got {inplace_min_n!r}")
         self.damping = float(damping)
         self.inplace_min_n = inplace_min_n
 
@@ -193,6 +205,11 @@ class BFGS:
         factors' magnitudes).
         """
         H = state.H
+        if X is not None and (not isinstance(X, Tensor) or X.dim() != 3 or X.shape[:2] != s.shape
+                              or X.dtype != s.dtype or X.device != s.device):
+            raise ValueError(f"X must be a {s.dtype} tensor of shape ({s.shape[0]}, {s.shape[1]}, c) on {s.device}, "
+                             f"got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}"
+                             + (f" {X.dtype} on {X.device}" if isinstance(X, Tensor) else ""))
         HX = None
         if state.inplace:  # H s, H y (and H X) in one pass over each block; H y again only where damped
             cols = [s.unsqueeze(2), y.unsqueeze(2)] + ([X] if X is not None else [])

@@ -67,6 +67,8 @@ def steer(
     c = torch.cat([ce, ci], dim=1).double()  # (k, mc)
     if HV is None:
         HV = apply_H(torch.cat([g.unsqueeze(2), A.transpose(1, 2)], dim=2))  # (k, n, 1 + mc)
+    elif HV.shape != (k, n, 1 + mc):
+        raise ValueError(f"HV must have shape ({k}, {n}, {1 + mc}) (H times [g, Je^T, Ji^T]), got {tuple(HV.shape)}")
     u, W = HV[:, :, 0], HV[:, :, 1:]
     Q = bmm(A.double(), W.double())
     Q = 0.5 * (Q + Q.transpose(1, 2))

@@ -784,3 +784,21 @@ def test_regularize_max_eigenvalues_falls_back_to_raising_on_zero_eigenvalue():
     assert torch.allclose(torch.diagonal(Hr[0]), torch.tensor([0.02, 1.0, 2.0], dtype=DT), rtol=1e-12)
     # otherwise: lower the large ones to kappa * lambda_min
     assert torch.allclose(torch.diagonal(Hr[1]), torch.tensor([1e-3, 0.1, 0.1], dtype=DT), rtol=1e-12)
+
+
+def test_inplace_options_and_inputs_are_checked():
+    for bad in (0, -3, 2.5, True, "256"):
+        with pytest.raises(ValueError, match="inplace_min_n"):
+            BFGS(inplace_min_n=bad)
+    bfgs = BFGS(inplace_min_n=1)
+    st0 = bfgs.init(2, 3, DT, CPU)
+    s = torch.ones(2, 3, dtype=DT)
+    for X in (torch.ones(2, 3, dtype=DT), torch.ones(3, 3, 1, dtype=DT), torch.ones(2, 3, 1, dtype=torch.float32),
+              "x"):
+        with pytest.raises(ValueError, match="X must be"):
+            bfgs.update_apply(st0, s, s, torch.ones(2, dtype=torch.bool), X)
+    for idx in (torch.tensor([0.0]), torch.tensor([[0]]), [0]):
+        with pytest.raises(ValueError, match="idx must be"):
+            state_rows(st0, idx)
+        with pytest.raises(ValueError, match="idx must be"):
+            state_put(st0, idx, st0)

@@ -324,6 +324,19 @@ def test_inplace_bfgs_reuses_the_updated_product_in_the_steering(monkeypatch):
         assert_rows_equal(res, slice(b, b + 1), single)
 
 
+def test_steering_rejects_a_product_of_the_wrong_shape():
+    from ncvx_core.qp import get_qp_solver
+    from ncvx_core.steering import steer
+
+    k, n = 2, 3
+    g = torch.ones(k, n, dtype=DT)
+    ci, Ji = torch.ones(k, 1, dtype=DT), torch.ones(k, 1, n, dtype=DT)
+    ce, Je = torch.zeros(k, 0, dtype=DT), torch.zeros(k, 0, n, dtype=DT)
+    with pytest.raises(ValueError, match=r"HV must have shape \(2, 3, 2\)"):
+        steer(lambda V: V, g, ci, Ji, ce, Je, torch.ones(k, dtype=DT), qp=get_qp_solver("auto"),
+              HV=torch.ones(k, n, 3, dtype=DT))
+
+
 # ==============================================================================================
 # 2. permutation equivariance
 # ==============================================================================================
