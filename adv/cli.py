@@ -247,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PWCF handling of the [0, 1] box: folded constraint and clamp in the model (both, "
                         "default), only one of them, or none (the judge always clips); see "
                         "docs/adv-threat-models.md. e.g. --box fold")
-    g.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                   help="PWCF solver precision (default: %(default)s; the judge is always float64); "
-                        "e.g. --dtype float32")
+    g.add_argument("--dtype", choices=("auto", "float64", "float32"), default="auto",
+                   help="PWCF solver precision (default: %(default)s: the model's own precision for the "
+                        "max-loss attacks, float64 for minimal distortion; the judge is always float64); "
+                        "e.g. --dtype float64")
     g = ev.add_argument_group("run")
     g.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
                    help="samples per batch, the unit of work, of the records and of resume (default: "
@@ -888,6 +889,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         shard.finish(d)
 
 
+
+def _dtype_setting(settings: dict[str, Any], auto: torch.dtype | None) -> torch.dtype | None:
+    """The solver dtype of a ``--dtype`` setting; ``auto`` (and runs recorded before it existed)
+    give ``auto``."""
+    name = settings.get("dtype", "auto")
+    return auto if name == "auto" else getattr(torch, name)
+
 def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -934,10 +942,11 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
         eps=ctx["eps"], attacks=ctx["attacks"], min_distortion=settings["min_distortion"],
         apgd_iter=settings["apgd_iter"], apgd_restarts=settings["apgd_restarts"], examples=settings["examples"],
         pwcf=dict(restarts=settings["restarts"], maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
-                  box=settings["box"], dtype=getattr(torch, settings["dtype"]),
+                  box=settings["box"], dtype=_dtype_setting(settings, None),
                   parallel_restarts=settings["parallel_restarts"]),
         min=dict(restarts=settings["min_restarts"], maxit=settings["min_maxit"],
-                 restart_maxit=settings["restart_maxit"], box=settings["box"], dtype=getattr(torch, settings["dtype"]),
+                 restart_maxit=settings["restart_maxit"], box=settings["box"],
+                 dtype=_dtype_setting(settings, torch.float64),
                  parallel_restarts=settings["parallel_restarts"], apgd_steps=settings["min_apgd_steps"],
                  apgd_iter=settings["apgd_iter"]),
     )

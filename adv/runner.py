@@ -229,6 +229,11 @@ class CheckContext:
     bound: Tensor
     rel_tol: float = 1e-6
     out_dtype: torch.dtype = torch.float64
+    #: optional lower-precision copy of the model (the one the solver runs): when given, every
+    #: checked point is first classified with it and only the points it finds within
+    #: ``screen_slack`` of success are re-run in float64 (the verdict is always the float64 one)
+    screen: nn.Module | None = None
+    screen_slack: float = 1e-3
 
 
 @dataclass
@@ -251,15 +256,39 @@ def _check(ctx: CheckContext, rows: Tensor, xa: Tensor) -> Candidate:
         finite = torch.isfinite(xa).reshape(xa.shape[0], -1).all(dim=1)
         xc = torch.where(finite.reshape(-1, *([1] * (xa.dim() - 1))), xa.clamp(0.0, 1.0), x64)
         d = ctx.distance(xc, x64).to(torch.float64)
-        logits = ctx.model64(xc).to(torch.float64)
         tgt = None if ctx.target is None else ctx.target[rows]
-        m = margin_loss(logits, ctx.y[rows], tgt).to(torch.float64)
+        if ctx.screen is None:
+            logits = ctx.model64(xc).to(torch.float64)
+            m = margin_loss(logits, ctx.y[rows], tgt).to(torch.float64)
+        else:
+            m = _screened_margin(ctx, rows, xc, tgt)
         b = ctx.bound[rows]
         # an infinite bound means "no bound" here (min-distortion); the judge is stricter
         ok = finite & torch.isfinite(m) & (m >= 0) & (d <= b * (1.0 + ctx.rel_tol))
         m = torch.where(finite & torch.isfinite(m), m, torch.full_like(m, -math.inf))
         d = torch.where(finite, d, torch.full_like(d, math.inf))
     return Candidate(xc, ok, d, m)
+
+
+def _screened_margin(ctx: CheckContext, rows: Tensor, xc: Tensor, tgt: Tensor | None) -> Tensor:
+    """Margins of the float64 points ``xc``: from the screening model, except where it finds the
+    point within ``screen_slack (1 + max |logit|)`` of success; there the float64 model's margin.
+
+    A float32 margin is off by about 1e-7 times the logits' scale, far inside the slack, so every
+    point the float64 model would call a success is re-run in float64, and the margins of the
+    others only rank failures (restart selection)."""
+    scr = ctx.screen
+    p = next((t for t in list(scr.parameters()) + list(scr.buffers()) if t.is_floating_point()), None)
+    low = scr(xc.to(torch.float64 if p is None else p.dtype)).to(torch.float64)
+    m = margin_loss(low, ctx.y[rows], tgt).to(torch.float64)
+    scale = low.abs().amax(dim=1).nan_to_num(math.inf, math.inf, math.inf)
+    near = ~(m < -ctx.screen_slack * (1.0 + scale))  # NaN margins are re-run too
+    sel = torch.nonzero(near).flatten()
+    if sel.numel():
+        logits = ctx.model64(xc[sel]).to(torch.float64)
+        t_sel = None if tgt is None else tgt[sel]
+        m = m.index_copy(0, sel, margin_loss(logits, ctx.y[rows][sel], t_sel).to(torch.float64))
+    return m
 
 
 def _repair(ctx: CheckContext, rows: Tensor, xa: Tensor) -> Tensor:
