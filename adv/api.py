@@ -150,9 +150,9 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             The judge always works in float64, and so does the in-run success check: with a
             float32 solve it classifies each iterate with the float32 model and re-runs in float64
             only the points within a slack of success (:class:`adv.runner.CheckContext`). On a
-            CPU a float64 forward and backward pass costs several times a float32 one (a 3-conv
-            CIFAR-sized CNN: about 5x); on the digits benchmark (100 images, 5 restarts) float32
-            solves broke 43 / 60 / 57 images at l-infinity / l2 / l1 against 42 / 60 / 55 in float64.
+            CPU a float64 forward and backward pass costs several times a float32 one:
+            ``benchmarks/bench_adv_cost.py`` measured 2.8x for a CIFAR-sized CNN and the whole
+            attack 2.1x slower with ``dtype=torch.float64`` (same 6 of 16 images broken).
         solver_options: overrides of :func:`adv.runner.default_solver_options` (any
             :class:`ncvx_core.SolverOptions` field except ``maxit``, ``maxclocktime``,
             ``halt_log_fn``, ``H0``, ``limited_mem_warm_start``).

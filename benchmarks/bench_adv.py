@@ -465,6 +465,18 @@ def ppgd(model: nn.Module, dist: Any, x: Tensor, y: Tensor, eps: float, *, steps
     return xa.to(out_dtype), best.to(out_dtype)
 
 
+def aa_published(model: nn.Module, norm: str, eps: float, steps: int, queries: int, seed: int) -> Any:
+    """AutoAttack's standard components at the published budget (APGD-CE, APGD-T, FAB-T with
+    ``steps`` iterations, Square with ``queries`` queries), composed from torchattacks' classes;
+    ``norm`` is ``"Linf"`` or ``"L2"``."""
+    return ta.MultiAttack([
+        ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
+        ta.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=seed),
+        ta.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10, seed=seed),
+        ta.Square(model, norm=norm, eps=eps, n_queries=queries, n_restarts=1, seed=seed),
+    ])
+
+
 # ----------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------
@@ -529,13 +541,7 @@ def section_max(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, eps: flo
             summary.setdefault("aa_time", {})[dist_name] = r[-1]
             log(f"[max] AutoAttack standard components at the published budget {dist_name}")
             steps = args.aa_steps
-            atk = ta.MultiAttack([
-                ta.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=args.seed),
-                ta.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, n_classes=10, seed=args.seed),
-                ta.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10,
-                       seed=args.seed),
-                ta.Square(model, norm=norm, eps=eps, n_queries=args.square_queries, n_restarts=1, seed=args.seed),
-            ])
+            atk = aa_published(model, norm, eps, steps, args.square_queries, args.seed)
             t = time.perf_counter()
             xa = atk(x, y)
             r, s = judged_row(f"AutoAttack standard components, {steps} it / {args.square_queries} queries", model,
