@@ -220,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also solve each sample's minimal-distortion problem (PWCF, paper Eq. 4/12); the radii "
                         "give the robust-accuracy-versus-eps curve. e.g. --min-distortion")
     g = ev.add_argument_group("attack budgets")
-    g.add_argument("--restarts", type=_positive_int, default=5, metavar="R",
+    g.add_argument("--restarts", type=_positive_int, default=7, metavar="R",
                    help="PWCF attack restarts per sample (default: %(default)s); e.g. --restarts 2")
+    g.add_argument("--ce-restarts", type=_nonneg_int, default=2, metavar="C",
+                   help="of these, the last C maximise the cross-entropy instead of the margin (pwcf-margin; "
+                        "never restart 0; default: %(default)s); e.g. --ce-restarts 0")
     g.add_argument("--maxit", type=_positive_int, default=400, metavar="K",
                    help="PWCF attack iteration cap per sample, continuation included (default: %(default)s); "
                         "e.g. --maxit 100")
@@ -824,7 +827,8 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "data_fingerprint": data_fp, "num_samples": n_total, "input_shape": list(x.shape[1:]), "num_classes": K,
         "threat": threat, "distance": getattr(distance, "name", threat), "eps": eps, "attacks": attacks,
         "min_distortion": bool(args.min_distortion), "n": n, "batch_size": args.batch_size, "seed": args.seed,
-        "restarts": args.restarts, "maxit": args.maxit, "restart_maxit": args.restart_maxit,
+        "restarts": args.restarts, "ce_restarts": args.ce_restarts, "maxit": args.maxit,
+        "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
         "apgd_iter": args.apgd_iter,
         "apgd_restarts": args.apgd_restarts, "box": args.box, "examples": args.examples, "dtype": args.dtype,
@@ -941,7 +945,8 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
     cfg_base = dict(
         eps=ctx["eps"], attacks=ctx["attacks"], min_distortion=settings["min_distortion"],
         apgd_iter=settings["apgd_iter"], apgd_restarts=settings["apgd_restarts"], examples=settings["examples"],
-        pwcf=dict(restarts=settings["restarts"], maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
+        pwcf=dict(restarts=settings["restarts"], ce_restarts=settings.get("ce_restarts", 0),
+                  maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
                   box=settings["box"], dtype=_dtype_setting(settings, None),
                   parallel_restarts=settings["parallel_restarts"]),
         min=dict(restarts=settings["min_restarts"], maxit=settings["min_maxit"],

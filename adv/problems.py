@@ -75,8 +75,12 @@ from adv.losses import CE_CLIP_PAPER, LOSSES, ce_clip_code, margin
 
 __all__ = [
     "MaxLossProblem", "MinDistortionProblem", "max_loss_problem", "min_distortion_problem",
-    "BOX_MODES", "resolve_ce_clip",
+    "BOX_MODES", "resolve_ce_clip", "CE_ROW",
 ]
+
+#: rival value of a row that maximises the clipped cross-entropy instead of the margin (loss
+#: restarts of a margin attack, :func:`adv.attack`'s ``ce_restarts``)
+CE_ROW = -2
 
 BOX_MODES = ("both", "clamp", "fold", "none")
 CLAMP_GRADS = ("ste", "plain")
@@ -120,8 +124,9 @@ class _Rows:
     """``problem`` restricted to batch positions ``rows``: ``fn(z, idx) = problem(z, rows[idx])``.
 
     ``rows`` may repeat a position (several runs of one sample solved side by side); ``rival``
-    ``(k,)`` optionally gives each solver row its own rival class (``-1``: none), overriding
-    ``problem.rival`` for the duration of the call.
+    ``(k,)`` optionally gives each solver row its own rival class (``-1``: none; :data:`CE_ROW`:
+    the clipped cross-entropy instead of the margin), overriding ``problem.rival`` for the
+    duration of the call.
     """
 
     def __init__(self, problem: _AttackProblem, rows: Tensor, rival: Tensor | None = None) -> None:
@@ -312,6 +317,9 @@ class MaxLossProblem(_AttackProblem):
             self.clip = None if margin_clip is None else float(margin_clip)
         else:
             self.clip = None
+        # clip of the cross-entropy rows of a margin attack (rival CE_ROW)
+        self.row_ce_clip = (resolve_ce_clip(ce_clip, int(num_classes)) if num_classes or ce_clip != "code"
+                            else None)
 
     @property
     def constraint_names(self) -> list[str]:
@@ -329,6 +337,14 @@ class MaxLossProblem(_AttackProblem):
             L = self.loss_fn(logits, self.y[idx], self._targets(idx))
         if self.clip is not None:
             L = L.clamp(max=self.clip)
+        if self.loss_name == "margin":
+            riv = self._row_rival if self._row_rival is not None else self.rival.to(idx.device)[idx]
+            ce_rows = riv == CE_ROW
+            if bool(ce_rows.any()):
+                ce = LOSSES["ce"](logits, self.y[idx], self._targets(idx))
+                if self.row_ce_clip is not None:
+                    ce = ce.clamp(max=self.row_ce_clip)
+                L = torch.where(ce_rows, ce, L)
         return -L
 
     def _distance_column(self, xp: Tensor, idx: Tensor) -> Tensor:

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from adv.distances import Distance, Lp
 from adv.losses import margin as margin_loss
-from adv.problems import MaxLossProblem, MinDistortionProblem
+from adv.problems import CE_ROW, MaxLossProblem, MinDistortionProblem
 from ncvx_core import SolverOptions, Status, solve
 from ncvx_core.hessian import BFGSState, LBFGSState
 from ncvx_core.utils import tree_rows
@@ -448,11 +448,13 @@ def vertex_linf_start(x: Tensor, eps: Tensor, gen: torch.Generator) -> Tensor:
     return (x + eps.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) * s).clamp(0.0, 1.0)
 
 
-def _start_max(ctx: CheckContext, rows: Tensor, r: int, seed: int, init: str) -> Tensor:
+def _start_max(ctx: CheckContext, rows: Tensor, r: int, seed: int, init: str, near: bool = False) -> Tensor:
+    """Start of max-loss restart ``r``; ``near``: the restart-0 kind of start (with ``init="blend"``
+    the authors' blend, close to the clean input) drawn with restart ``r``'s generator."""
     x = ctx.x64[rows]
     eps = ctx.bound[rows]
     gen = _gen(seed, r)
-    if r == 0 and init == "blend":
+    if (r == 0 or near) and init == "blend":
         return _shrink_into(ctx.distance, x, _blend(x, gen), eps / 2)
     if isinstance(ctx.distance, Lp) and ctx.distance.p == 1.0:
         return sparse_l1_start(x, eps, gen)
@@ -581,7 +583,7 @@ class _Protocol:
     def __init__(self, problem: Any, ctx: CheckContext, active: Tensor, *, kind: str, restarts: int,
                  restart_maxit: int, maxit: int, time_limit: float | None, seed: int, init: str,
                  init_scale: float, solver_options: dict[str, Any], class_restarts: int = 0,
-                 parallel_restarts: int = 1) -> None:
+                 parallel_restarts: int = 1, ce_restarts: int = 0) -> None:
         self.problem = problem
         self.parallel = max(1, int(parallel_restarts))
         self.ctx = ctx
@@ -627,13 +629,26 @@ class _Protocol:
             # runner-up classes by clean logit, most likely first (K - 1 columns; the label is last)
             self.order = z.argsort(dim=1, descending=True)[:, : K - 1].to(dev)
             self.class_restarts = min(int(class_restarts), K - 2)
+        # the last ce_restarts restarts maximise the cross-entropy (never restart 0, nor a class
+        # restart: those are asked for explicitly)
+        self.ce_from = self.restarts
+        if ce_restarts > 0 and kind == "max" and getattr(problem, "loss_name", None) == "margin":
+            self.ce_from = max(1 + self.class_restarts, self.restarts - int(ce_restarts))
 
     def _rival(self, r: int, rows: Tensor) -> Tensor | None:
         """Rival classes of restart ``r`` (restarts 1 .. class_restarts aim at the runner-up
-        classes of rank 1, 2, ...; rank 0 is where the untargeted restart 0 usually ends)."""
+        classes of rank 1, 2, ...; rank 0 is where the untargeted restart 0 usually ends), or
+        :data:`adv.problems.CE_ROW` for the cross-entropy restarts (the last ``ce_restarts``)."""
+        if r >= self.ce_from:
+            return torch.full((rows.numel(),), CE_ROW, dtype=torch.long, device=rows.device)
         if self.order is None or not (1 <= r <= self.class_restarts):
             return None
         return self.order[rows, r]
+
+    def _restart_name(self, r: int, rival: Tensor | None) -> str:
+        if rival is None:
+            return f"{r}"
+        return f"{r} (cross-entropy)" if r >= self.ce_from else f"{r} (runner-up class of rank {r})"
 
     def _solve(self, rows: Tensor, z0: Tensor, options: SolverOptions, rival: Tensor | None) -> Any:
         """One batched solve on the solver rows ``rows`` (sample positions, possibly repeated),
@@ -741,7 +756,10 @@ class _Protocol:
             z0s, rivals = [], []
             for r in group:
                 if self.kind == "max":
-                    xs = _start_max(self.ctx, rows, r, self.seed, self.init)
+                    # cross-entropy restarts start near the clean input: at a vertex of the
+                    # l-infinity ball the clipped cross-entropy of a confident model is flat
+                    # enough that the first line search fails
+                    xs = _start_max(self.ctx, rows, r, self.seed, self.init, near=r >= self.ce_from)
                 else:
                     xs = _start_min(self.ctx, rows, r, self.seed, self.init, self.init_scale)
                 z0s.append(self.problem.x0(xs.to(self.problem.x.dtype), rows))
@@ -764,8 +782,7 @@ class _Protocol:
                 res_j, halt_j = _result_rows(res, sl), halt.part(sl)
                 cand = self._candidates(rows, res_j, halt_j)
                 self._absorb(rows, cand, res_j, halt_j, continuation=False, rival=rivals[j])
-            names = ", ".join(f"{r}" + ("" if rivals[j] is None else f" (runner-up class of rank {r})")
-                              for j, r in enumerate(group))
+            names = ", ".join(self._restart_name(r, rivals[j]) for j, r in enumerate(group))
             logger.info("PWCF %s restart%s %s: %d samples, %.2f s, mean iterations %.1f; verified so far %d/%d",
                         label, "s" if len(group) > 1 else "", names, k, time.monotonic() - t,
                         float(res.iters.double().mean()), int((self.best.success & self.active).sum()),
@@ -805,7 +822,7 @@ class _Protocol:
         t = time.monotonic()
         rival = self.cont_rival[rows]
         res = self._solve(rows, self.cont_z[rows].clone(), self._options(int(budget.max()), halt, **extra),
-                          rival if bool((rival >= 0).any()) else None)
+                          rival if bool((rival != -1).any()) else None)
         self.iterations[rows] += res.iters.to(self.dev)
         self.continued[rows] = True
         cand = self._candidates(rows, res, halt)
@@ -818,12 +835,13 @@ class _Protocol:
 def run_max_loss(problem: MaxLossProblem, ctx: CheckContext, active: Tensor, *, restarts: int, restart_maxit: int,
                  maxit: int, time_limit: float | None = None, seed: int = 0, init: str = "blend",
                  solver_options: dict[str, Any] | None = None, class_restarts: int = 0,
-                 parallel_restarts: int = 1) -> RunOutput:
+                 parallel_restarts: int = 1, ce_restarts: int = 0) -> RunOutput:
     """Run the max-loss protocol (module docstring) on the samples where ``active``."""
     opts = merge_solver_options("max", solver_options)
     return _Protocol(problem, ctx, active, kind="max", restarts=restarts, restart_maxit=restart_maxit, maxit=maxit,
                      time_limit=time_limit, seed=seed, init=init, init_scale=0.0, solver_options=opts,
-                     class_restarts=class_restarts, parallel_restarts=parallel_restarts).run()
+                     class_restarts=class_restarts, parallel_restarts=parallel_restarts,
+                     ce_restarts=ce_restarts).run()
 
 
 def run_min_distortion(problem: MinDistortionProblem, ctx: CheckContext, active: Tensor, *, restarts: int,

@@ -308,3 +308,77 @@ def test_rows_view_rejects_bad_rows_and_rivals():
     z = x[rows].reshape(3, -1)
     _, ci, _ = f(z, torch.arange(3))
     assert ci[0, 0] != ci[2, 0]  # same sample, different rival: different misclassification constraint
+
+
+def test_ce_rows_maximise_the_clipped_cross_entropy():
+    from adv.losses import cross_entropy
+    from adv.problems import CE_ROW
+
+    model, x, y = _three_class()
+    eps = torch.full((2,), 0.5, dtype=D)
+    p = MaxLossProblem(model, x, y, "l2", eps, box="none", num_classes=3)
+    z = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=D)
+    f_margin, ci, _ = p.rows(torch.arange(2))(z, torch.arange(2))
+    f_mixed, ci2, _ = p.rows(torch.arange(2), torch.tensor([-1, CE_ROW]))(z, torch.arange(2))
+    logits = model(z)
+    clip = math.log(3) + 0.1
+    assert f_mixed[0] == f_margin[0]
+    torch.testing.assert_close(f_mixed[1], -cross_entropy(logits, y)[1].clamp(max=clip), rtol=0, atol=0)
+    assert torch.equal(ci, ci2)  # only the objective changes
+    # a margin-only problem (no rows override) is untouched, and the row override is cleared
+    assert p._row_rival is None and torch.equal(p.rival, torch.full((2,), -1))
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_ce_restarts_are_the_last_ones(parallel):
+    from adv.problems import CE_ROW
+    from adv.runner import run_max_loss
+
+    model, x, y = _three_class()
+    eps = torch.full((2,), 0.05, dtype=D)  # below both radii: no success, every restart runs
+    p = MaxLossProblem(model, x, y, "l2", eps, box="none", num_classes=3)
+    ctx = CheckContext(model, x, y, None, adv.Lp(2.0), eps)
+    seen: list[set[int]] = []
+    real_rows = p.rows
+
+    def rows(r, rival=None):
+        inner = real_rows(r, rival)
+
+        def fn(z, idx):
+            seen.append({-1} if rival is None else set(rival[idx].tolist()))
+            return inner(z, idx)
+
+        return fn
+
+    p.rows = rows
+    out = run_max_loss(p, ctx, torch.ones(2, dtype=torch.bool), restarts=4, restart_maxit=5, maxit=12,
+                       parallel_restarts=parallel, ce_restarts=2)
+    assert not out.success.any()
+    vals = set().union(*seen)
+    assert vals == {-1, CE_ROW}
+    # restart 0 alone first: margin rows only
+    assert seen[0] == {-1}
+    # with 4 restarts and 2 CE ones, restarts 1 is margin and 2, 3 are CE: with one restart per
+    # solve, some call sees only CE rows
+    if parallel == 1:
+        assert {CE_ROW} in seen
+    # ce_restarts=0 never produces a CE row
+    seen.clear()
+    run_max_loss(p, ctx, torch.ones(2, dtype=torch.bool), restarts=3, restart_maxit=5, maxit=8,
+                 parallel_restarts=parallel, ce_restarts=0)
+    assert set().union(*seen) == {-1}
+
+
+def test_ce_restart_starts_near_the_clean_input():
+    from adv.runner import _start_max
+
+    model, x, y = _three_class()
+    eps = torch.full((2,), 0.3, dtype=D)
+    ctx = CheckContext(model, x, y, None, adv.Lp(math.inf), eps)
+    rows = torch.arange(2)
+    far = _start_max(ctx, rows, 3, 0, "blend")
+    near = _start_max(ctx, rows, 3, 0, "blend", near=True)
+    dfar = (far - x).abs().amax(1)
+    dnear = (near - x).abs().amax(1)
+    assert (dnear <= 0.5 * eps).all() and (dfar > 0.5 * eps).all()
+    assert not torch.equal(near, _start_max(ctx, rows, 0, 0, "blend"))  # its own random draw
