@@ -44,7 +44,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "DigitsCNN", "load_digits", "default_model", "cache_dir", "cache_path", "train_digits_cnn",
+    "DigitsCNN", "load_digits", "default_model", "cache_dir", "cache_path", "train_digits_cnn", "fit_classifier",
     "RECIPES", "RECIPE_VERSION", "SPLIT_SEED", "TEST_FRACTION", "MEASURED", "KINDS",
 ]
 
@@ -200,30 +200,29 @@ def _pgd_linf(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, st
     return xa.detach()
 
 
-def train_digits_cnn(kind: str = "standard", *, epochs: int | None = None) -> DigitsCNN:
-    """Train a :class:`DigitsCNN` with recipe ``RECIPES[kind]`` on the train split (no caching).
+def fit_classifier(make_model: Callable[[], nn.Module], x: Tensor, y: Tensor, rec: dict[str, Any], *,
+                   epochs: int, adv_from: int) -> nn.Module:
+    """The training loop of the zoo's recipes, for any classifier.
 
-    ``epochs`` overrides the recipe's epoch count (tests use it for short runs). Deterministic:
-    fixed seeds, one torch thread. Returns the model in eval mode with frozen parameters.
-    """
-    _check_kind(kind)
-    rec = dict(RECIPES[kind])
-    if epochs is not None:
-        rec["epochs"] = int(epochs)
-    x, y = load_digits("train")
+    ``make_model()`` builds the model after ``torch.manual_seed(rec["seed"])``; Adam
+    (``rec["lr"]``) with cosine decay over ``epochs`` epochs of batches of ``rec["batch_size"]``
+    shuffled by a generator seeded ``rec["seed"] + 1``; from epoch ``adv_from`` on the loss is
+    ``clean_weight CE(clean) + (1 - clean_weight) CE(PGD)`` (l-infinity PGD, ``rec["eps"]``,
+    ``rec["pgd_steps"]`` steps of ``rec["pgd_step"]``, run in eval mode), before it plain
+    cross-entropy. One torch thread; returns the model in eval mode with frozen parameters."""
     with _one_thread():
         torch.manual_seed(rec["seed"])
         gen = torch.Generator().manual_seed(rec["seed"] + 1)
-        model = DigitsCNN()
+        model = make_model()
         opt = torch.optim.Adam(model.parameters(), lr=rec["lr"])
         steps_per_epoch = -(-x.shape[0] // rec["batch_size"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, rec["epochs"] * steps_per_epoch))
-        for _ in range(rec["epochs"]):
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+        for ep in range(epochs):
             perm = torch.randperm(x.shape[0], generator=gen)
             for i in range(0, x.shape[0], rec["batch_size"]):
                 b = perm[i:i + rec["batch_size"]]
                 xb, yb = x[b], y[b]
-                if rec["adversarial"]:
+                if ep >= adv_from:
                     model.eval()
                     xa = _pgd_linf(model, xb, yb, rec["eps"], rec["pgd_steps"], rec["pgd_step"], gen)
                     model.train()
@@ -239,7 +238,22 @@ def train_digits_cnn(kind: str = "standard", *, epochs: int | None = None) -> Di
     return _frozen(model)
 
 
-def _frozen(model: DigitsCNN) -> DigitsCNN:
+def train_digits_cnn(kind: str = "standard", *, epochs: int | None = None) -> DigitsCNN:
+    """Train a :class:`DigitsCNN` with recipe ``RECIPES[kind]`` on the train split (no caching).
+
+    ``epochs`` overrides the recipe's epoch count (tests use it for short runs). Deterministic:
+    fixed seeds, one torch thread. Returns the model in eval mode with frozen parameters.
+    """
+    _check_kind(kind)
+    rec = dict(RECIPES[kind])
+    if epochs is not None:
+        rec["epochs"] = int(epochs)
+    x, y = load_digits("train")
+    n_ep = rec["epochs"]
+    return fit_classifier(DigitsCNN, x, y, rec, epochs=n_ep, adv_from=0 if rec["adversarial"] else n_ep)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -36,14 +36,12 @@ Results go to ``benchmarks/results/adv_cost_cpu.md`` unless ``--out`` says other
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import adv  # noqa: E402
 from adv.zoo import RECIPE_VERSION as ZOO_RECIPE_VERSION  # noqa: E402
-from adv.zoo import cache_dir, default_model, load_digits  # noqa: E402
+from adv.zoo import _frozen, cache_dir, default_model, fit_classifier, load_digits  # noqa: E402
 
 SECTIONS = ("cost", "attack")
 RECIPE_VERSION = "c1"
@@ -108,72 +106,19 @@ def upsampled_digits(split: str) -> tuple[Tensor, Tensor]:
     return upsample(x), y
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _frozen(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _pgd_linf(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step: float,
-              gen: torch.Generator) -> Tensor:
-    """l-infinity PGD on the CE loss from a uniform random start, projected onto ball and box."""
-    xa = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0.0, 1.0)
-    for _ in range(steps):
-        xa = xa.detach().requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
-        xa = xa.detach() + step * g.sign()
-        xa = torch.minimum(torch.maximum(xa, x - eps), x + eps).clamp(0.0, 1.0)
-    return xa.detach()
-
-
 def train_cifar_cnn(recipe: dict[str, Any] | None = None) -> tuple[nn.Module, float]:
     """Train :class:`CifarCNN` on the upsampled train split with ``recipe`` (default
-    :data:`RECIPE`): Adam, cosine learning-rate decay, ``plain_epochs`` epochs of cross-entropy
-    then ``adv_epochs`` epochs of ``clean_weight`` x CE(clean) + (1 - ``clean_weight``) x
-    CE(PGD), PGD l-infinity ``eps`` with ``pgd_steps`` steps of ``pgd_step`` from a random start.
-    Deterministic (fixed seeds, one thread). Returns (frozen model in eval mode, seconds)."""
+    :data:`RECIPE`) through the zoo's training loop (:func:`adv.zoo.fit_classifier`: Adam, cosine
+    learning-rate decay, ``plain_epochs`` epochs of cross-entropy then ``adv_epochs`` epochs of
+    ``clean_weight`` x CE(clean) + (1 - ``clean_weight``) x CE(PGD), PGD l-infinity ``eps`` with
+    ``pgd_steps`` steps of ``pgd_step`` from a random start). Deterministic (fixed seeds, one
+    thread). Returns (frozen model in eval mode, seconds)."""
     rec = dict(RECIPE if recipe is None else recipe)
     x, y = upsampled_digits("train")
     t0 = time.perf_counter()
-    with one_thread():
-        torch.manual_seed(rec["seed"])
-        gen = torch.Generator().manual_seed(rec["seed"] + 1)
-        model = CifarCNN()
-        opt = torch.optim.Adam(model.parameters(), lr=rec["lr"])
-        epochs = rec["plain_epochs"] + rec["adv_epochs"]
-        steps_per_epoch = -(-x.shape[0] // rec["batch_size"])
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-        for ep in range(epochs):
-            perm = torch.randperm(x.shape[0], generator=gen)
-            for i in range(0, x.shape[0], rec["batch_size"]):
-                b = perm[i:i + rec["batch_size"]]
-                xb, yb = x[b], y[b]
-                if ep >= rec["plain_epochs"]:
-                    model.eval()
-                    xa = _pgd_linf(model, xb, yb, rec["eps"], rec["pgd_steps"], rec["pgd_step"], gen)
-                    model.train()
-                    w = rec["clean_weight"]
-                    loss = w * F.cross_entropy(model(xb), yb) + (1 - w) * F.cross_entropy(model(xa), yb)
-                else:
-                    model.train()
-                    loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    return _frozen(model), time.perf_counter() - t0
+    model = fit_classifier(CifarCNN, x, y, rec, epochs=rec["plain_epochs"] + rec["adv_epochs"],
+                           adv_from=rec["plain_epochs"])
+    return model, time.perf_counter() - t0
 
 
 def model_cache_path(cache: str | Path | None) -> Path:

@@ -19,17 +19,19 @@ D = torch.float64
 
 
 class Affine(nn.Module):
+    """``x W^T + b`` through an ``nn.Linear``, counting the rows it classifies."""
+
     def __init__(self, W: torch.Tensor, b: torch.Tensor) -> None:
         super().__init__()
-        self.W = nn.Parameter(W.clone())
-        self.b = nn.Parameter(b.clone())
-        self.calls = 0
+        self.lin = nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype)
+        with torch.no_grad():
+            self.lin.weight.copy_(W)
+            self.lin.bias.copy_(b)
         self.rows = 0
 
     def forward(self, x):
-        self.calls += 1
         self.rows += x.shape[0]
-        return x.flatten(1) @ self.W.T + self.b
+        return self.lin(x.flatten(1))
 
 
 def _pair(n=6, K=3, seed=0):
@@ -96,7 +98,7 @@ def test_screen_reruns_non_finite_margins():
     m64, m32 = _pair()
     x = torch.rand(3, 6, dtype=D)
     y = m64(x).argmax(1)
-    m32.b.data[0] = float("nan")
+    m32.lin.bias.data[0] = float("nan")
     ctx = CheckContext(m64, x, y, None, adv.Lp(2.0), torch.full((3,), math.inf, dtype=D), screen=m32)
     m64.rows = 0
     c = _check(ctx, torch.arange(3), x)
