@@ -137,17 +137,20 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             41 of 100 images at l-infinity 0.15 as without them, 53 instead of 51 at l1 1.5 with
             dense starts, and 55 as without them once l1 starts are sparse.
         ce_restarts: the last ``ce_restarts`` restarts (never restart 0 nor a class restart) of a
-            margin attack
-            maximise the clipped cross-entropy (clip ``ce_clip``) instead of the margin, from
+            margin attack maximise the clipped cross-entropy (clip ``ce_clip``) instead of the margin, from
             restart 0's kind of start (near the clean input; at a vertex of the l-infinity ball
             the clipped cross-entropy of a confident model is too flat for the first line
             search); success is still judged by misclassification. The two losses break
-            different images, as APGD-CE and APGD-margin do. Default 2 of 7 restarts: on the
-            digits benchmark (100 images) 44 / 62 / 57 images broken at l-infinity / l2 / l1
-            against 43 / 60 / 57 with 5 margin restarts (APGD-CE 100 it: 42 / 60 / 59), 8-10 %
-            more time; on a CIFAR-sized CNN (``benchmarks/bench_adv_cost.py``, 16 images) 5
-            margin restarts broke 6 and APGD-CE 8, 5 restarts with 2 of them cross-entropy 8
-            (ad hoc runs, reported in the benchmark files where recorded).
+            different images, as APGD-CE and APGD-margin do. Default 2 of 7 restarts.
+            ``benchmarks/results/adv_max_cpu.md`` (digits CNN, 100 images) recorded 44 / 62 / 57
+            images broken at l-infinity / l2 / l1 (APGD-CE 100 it: 42 / 60 / 59; AutoAttack at
+            its published budget: 44 / 62 at l-infinity / l2), against 43 / 60 / 57 with 5
+            margin restarts (the same script at 2787a65, a run whose file the recorded one
+            replaced); ``results/adv_cost_cpu.md`` (CIFAR-sized CNN, 16 images) 8 broken as
+            APGD-CE and AutoAttack, against 6 with 5 margin restarts (the file as committed in
+            2b8823e), where the two images missed are broken by the cross-entropy loss (APGD
+            with the margin or DLR loss misses them too), not by the optimiser. The time per
+            image grew 11-16 % on the digits benchmark and 10 % on the CIFAR-sized CNN.
         parallel_restarts: restarts solved side by side in one batched solve (restart 0 runs
             alone first; then restarts ``1 ..`` in groups of this size; 1: one after the other).
             A sample's restarts in one group stop together at its first verified success; the
@@ -186,7 +189,7 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
     model64 = model_as(model, torch.float64)
     model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
     x64 = x.detach().to(torch.float64)
-    dist_run = adapt_distance(dist, x)
+    dist_run = adapt_distance(dist, x, dtype)
     problem = MaxLossProblem(model_s, x.detach().to(dtype), y, dist_run, eps_v.to(dtype), loss=loss, target=target,
                              box=box, folding=folding, margin_clip=margin_clip, ce_clip=ce_clip,
                              clamp_grad=clamp_grad, linf_form=linf_form, l1_slack=bool(l1_slack), num_classes=K)
@@ -292,7 +295,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     model64 = model_as(model, torch.float64)
     model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
     x64 = x.detach().to(torch.float64)
-    dist_run = adapt_distance(dist, x)
+    dist_run = adapt_distance(dist, x, dtype)
     if l1_slack is None:
         l1_slack = isinstance(dist, Lp) and dist.p == 1.0
     problem = MinDistortionProblem(model_s, x.detach().to(dtype), y, dist_run, target=target, box=box, folding=folding,

@@ -175,25 +175,33 @@ class CastDistance:
         return self.distance(x.to(self.dtype), x_ref.to(self.dtype)).to(x.dtype)
 
 
-def adapt_distance(distance: Distance, x: Tensor) -> Distance:
-    """``distance`` itself if it evaluates on float64 inputs, else a :class:`CastDistance` to the
-    dtype of ``x`` (lp distances are always returned as they are)."""
+def adapt_distance(distance: Distance, x: Tensor, dtype: torch.dtype = torch.float64) -> Distance:
+    """``distance`` in a form that evaluates on float64 inputs (the in-run checks) and on inputs of
+    the solver's ``dtype``: lp distances and distances that run in both dtypes as they are, else a
+    :class:`CastDistance` to the first of float64, ``dtype`` and the dtype of ``x`` it runs in
+    (e.g. a perceptual distance whose feature network holds float64 or float32 weights)."""
     if isinstance(distance, Lp):
         return distance
     probe = x[:1].detach()
-    try:
-        with torch.no_grad():
-            distance(probe.to(torch.float64), probe.to(torch.float64))
-        return distance
-    except Exception as exc:  # e.g. a float32 feature network
+
+    def runs(dt: torch.dtype) -> Exception | None:
         try:
             with torch.no_grad():
-                distance(probe, probe)
-        except Exception as exc2:
-            raise ValueError(f"the distance {distance!r} fails on the inputs: {exc2}") from exc2
-        logger.info("distance %r does not run in float64 (%s); it is evaluated in %s", distance,
-                    type(exc).__name__, x.dtype)
-        return CastDistance(distance, x.dtype)
+                distance(probe.to(dt), probe.to(dt))
+            return None
+        except Exception as exc:  # noqa: BLE001  (any failure: try another dtype)
+            return exc
+
+    fails = {dt: runs(dt) for dt in dict.fromkeys((torch.float64, dtype, x.dtype))}
+    if fails[torch.float64] is None and fails[dtype] is None:
+        return distance
+    for dt in fails:
+        if fails[dt] is None:
+            logger.info("distance %r does not run on both float64 and %s inputs; it is evaluated in %s",
+                        distance, dtype, dt)
+            return CastDistance(distance, dt)
+    exc = fails[x.dtype]
+    raise ValueError(f"the distance {distance!r} fails on the inputs: {exc}") from exc
 
 
 def model_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:

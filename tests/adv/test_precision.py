@@ -152,3 +152,44 @@ def test_bad_dtype_message():
     x = torch.rand(2, 6)
     with pytest.raises(ValueError, match=r"dtype must be torch.float64, torch.float32 or None, got torch.float16"):
         adv.attack(m32, x, torch.zeros(2, dtype=torch.long), "l2", 0.5, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("feat_dtype", [torch.float64, torch.float32])
+def test_perceptual_attack_with_features_of_either_precision(feat_dtype):
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    feats = copy.deepcopy(model).to(feat_dtype)
+    dist = adv.Perceptual(adv.classifier_features(feats))
+    res = adv.attack(model, x, y, dist, 0.5, restarts=2, maxit=30, restart_maxit=30)  # float32 solve
+    v = adv.judge(model, x, y, res.x_adv, dist, 0.5)
+    assert torch.equal(v.success, res.success)
+    assert (v.distance <= 0.5 * (1 + 1e-6)).all()
+    res64 = adv.attack(model, x, y, dist, 0.5, restarts=2, maxit=30, restart_maxit=30, dtype=torch.float64)
+    assert (adv.judge(model, x, y, res64.x_adv, dist, 0.5).distance <= 0.5 * (1 + 1e-6)).all()
+
+
+def test_adapt_distance_forms():
+    from adv.runner import CastDistance, adapt_distance
+
+    x = torch.rand(2, 1, 4, 4)
+    lin = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    d64 = adv.Perceptual(adv.classifier_features(lin.double()))
+    a = adapt_distance(d64, x, torch.float32)
+    assert isinstance(a, CastDistance) and a.dtype == torch.float64
+    assert a(x, x + 0.1).dtype == torch.float32
+    lin32 = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+    d32 = adv.Perceptual(adv.classifier_features(lin32))
+    a = adapt_distance(d32, x, torch.float64)
+    assert isinstance(a, CastDistance) and a.dtype == torch.float32
+    assert isinstance(adapt_distance(adv.Lp(2.0), x, torch.float32), adv.Lp)
+
+    def anydtype(a, b):
+        return (a - b).flatten(1).norm(dim=1)
+
+    assert adapt_distance(anydtype, x, torch.float32) is anydtype
