@@ -25,6 +25,10 @@ sections 2.2-2.5, with the pitfalls of 1.8 fixed):
      runner-up class of rank ``r`` at the clean input (:mod:`adv.problems`), so they aim at one
      class boundary each; the checks below stay untargeted (any misclassification counts). The
      continuation keeps the rival of the restart it continues.
+   * cross-entropy restarts (max-loss with the margin loss, ``ce_restarts = c``): the last ``c``
+     restarts (after any class restart) maximise the clipped cross-entropy instead, from restart
+     0's kind of start; their rows carry the rival value :data:`adv.problems.CE_ROW`, so margin
+     and cross-entropy rows share one batched solve, and a continued CE restart stays CE.
 
 2. **Early stop** (max-loss): ``halt_log_fn`` checks every updated iterate as the judge does
    (float64, point clipped to the box and, if it lies a solver tolerance outside the ball,
