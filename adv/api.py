@@ -27,6 +27,7 @@ from adv.runner import (
     CheckContext,
     adapt_distance,
     model_as,
+    model_dtype,
     refine_radius,
     run_max_loss,
     run_min_distortion,
@@ -67,15 +68,6 @@ def _check_dtype(dtype: Any) -> torch.dtype | None:
     return dtype
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The precision ``model`` computes in: the dtype of its floating parameters and buffers when
-    they are all float32 or all float64, else float64 (no floating tensors, or mixed ones)."""
-    kinds = {t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()}
-    if len(kinds) == 1 and next(iter(kinds)) in (torch.float32, torch.float64):
-        return next(iter(kinds))
-    return torch.float64
-
-
 def _check_run(restarts: Any, maxit: Any, restart_maxit: Any, time_limit: Any, dtype: Any,
                init: Any) -> tuple[float | None, torch.dtype | None]:
     """Checks shared by attack and min_distortion; returns the normalised (time_limit, dtype)."""
@@ -85,6 +77,21 @@ def _check_run(restarts: Any, maxit: Any, restart_maxit: Any, time_limit: Any, d
     if init not in ("blend", "random"):
         raise ValueError(f"init must be 'blend' or 'random', got {init!r}")
     return _check_time(time_limit), _check_dtype(dtype)
+
+
+def _solve_setup(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, dist: Distance, bound: Tensor,
+                 dtype: torch.dtype | None) -> tuple[torch.dtype, nn.Module, Distance, CheckContext]:
+    """What a PWCF call solves with: the solver's dtype (None: the model's own), the model in that
+    dtype, the distance in a form for the solver and for the float64 checks, and the context of
+    the in-run checks against the per-sample ``bound`` (float64 verdicts; with a float32 solve
+    screened by the float32 model)."""
+    dtype = model_dtype(model) if dtype is None else dtype
+    model64 = model_as(model, torch.float64)
+    model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
+    dist_run = adapt_distance(dist, x, dtype)
+    ctx = CheckContext(model64, x.detach().to(torch.float64), y, target, dist_run, bound, out_dtype=x.dtype,
+                       screen=None if dtype == torch.float64 else model_s)
+    return dtype, model_s, dist_run, ctx
 
 
 def _distance_name(d: Distance) -> str:
@@ -184,17 +191,10 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
     _check_int("ce_restarts", ce_restarts, 0)
     _check_int("parallel_restarts", parallel_restarts, 1)
     t0 = time.monotonic()
-    if dtype is None:
-        dtype = model_dtype(model)
-    model64 = model_as(model, torch.float64)
-    model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
-    x64 = x.detach().to(torch.float64)
-    dist_run = adapt_distance(dist, x, dtype)
+    dtype, model_s, dist_run, ctx = _solve_setup(model, x, y, target, dist, eps_v, dtype)
     problem = MaxLossProblem(model_s, x.detach().to(dtype), y, dist_run, eps_v.to(dtype), loss=loss, target=target,
                              box=box, folding=folding, margin_clip=margin_clip, ce_clip=ce_clip,
                              clamp_grad=clamp_grad, linf_form=linf_form, l1_slack=bool(l1_slack), num_classes=K)
-    ctx = CheckContext(model64, x64, y, target, dist_run, eps_v, out_dtype=x.dtype,
-                       screen=None if dtype == torch.float64 else model_s)
 
     # samples whose clean input already meets the goal need no solve
     v0 = judge(model, x, y, x, dist, eps_v, target=target)
@@ -290,20 +290,13 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     if not (float(init_scale) > 0):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
     t0 = time.monotonic()
-    if dtype is None:
-        dtype = model_dtype(model)
-    model64 = model_as(model, torch.float64)
-    model_s = model64 if dtype == torch.float64 else model_as(model, dtype)
-    x64 = x.detach().to(torch.float64)
-    dist_run = adapt_distance(dist, x, dtype)
+    inf = torch.full((B,), math.inf, dtype=torch.float64, device=x.device)
+    dtype, model_s, dist_run, ctx = _solve_setup(model, x, y, target, dist, inf, dtype)
     if l1_slack is None:
         l1_slack = isinstance(dist, Lp) and dist.p == 1.0
     problem = MinDistortionProblem(model_s, x.detach().to(dtype), y, dist_run, target=target, box=box, folding=folding,
                                    clamp_grad=clamp_grad, linf_scale=linf_scale, linf_form=linf_form,
                                    l1_slack=l1_slack, margin_offset=margin_offset)
-    inf = torch.full((B,), math.inf, dtype=torch.float64, device=x.device)
-    ctx = CheckContext(model64, x64, y, target, dist_run, inf, out_dtype=x.dtype,
-                       screen=None if dtype == torch.float64 else model_s)
     zero = torch.zeros(B, dtype=torch.float64, device=x.device)
     v0 = judge(model, x, y, x, dist, zero, target=target)  # misclassified clean inputs: radius 0
     active = ~v0.success

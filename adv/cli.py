@@ -893,12 +893,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         shard.finish(d)
 
 
-
 def _dtype_setting(settings: dict[str, Any], auto: torch.dtype | None) -> torch.dtype | None:
-    """The solver dtype of a ``--dtype`` setting; ``auto`` (and runs recorded before it existed)
-    give ``auto``."""
-    name = settings.get("dtype", "auto")
+    """The solver dtype of the recorded ``--dtype`` setting, ``auto`` for ``"auto"``."""
+    name = settings["dtype"]
     return auto if name == "auto" else getattr(torch, name)
+
 
 def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
     from tqdm import tqdm

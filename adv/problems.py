@@ -236,14 +236,22 @@ class _AttackProblem:
     def _targets(self, idx: Tensor) -> Tensor | None:
         return None if self.target is None else self.target[idx]
 
-    def _margin(self, logits: Tensor, idx: Tensor) -> Tensor:
-        """The (targeted) margin, or ``z_r - z_y`` on rows with a rival class ``r`` (untargeted only)."""
+    def _rival_rows(self, idx: Tensor) -> tuple[Tensor, bool, bool]:
+        """The rival values of rows ``idx`` (the per-call override, else ``problem.rival``) and
+        whether any is a class or :data:`CE_ROW`, read with one host synchronisation."""
+        riv = self._row_rival if self._row_rival is not None else self.rival.to(idx.device)[idx]
+        any_class, any_ce = torch.stack([(riv >= 0).any(), (riv == CE_ROW).any()]).tolist()
+        return riv, any_class, any_ce
+
+    def _margin(self, logits: Tensor, idx: Tensor, rivals: tuple[Tensor, bool, bool] | None = None) -> Tensor:
+        """The (targeted) margin, or ``z_r - z_y`` on rows with a rival class ``r`` (untargeted only);
+        ``rivals``: :meth:`_rival_rows` when the caller has read it already."""
         m = margin(logits, self.y[idx], self._targets(idx))
         if self.target is not None:
             return m
-        riv = self._row_rival if self._row_rival is not None else self.rival.to(idx.device)[idx]
+        riv, any_class, _ = rivals if rivals is not None else self._rival_rows(idx)
         has = riv >= 0
-        if not bool(has.any()):
+        if not any_class:
             return m
         z_r = logits.gather(1, riv.clamp(min=0)[:, None]).squeeze(1)
         z_y = logits.gather(1, self.y[idx][:, None]).squeeze(1)
@@ -317,9 +325,10 @@ class MaxLossProblem(_AttackProblem):
             self.clip = None if margin_clip is None else float(margin_clip)
         else:
             self.clip = None
-        # clip of the cross-entropy rows of a margin attack (rival CE_ROW)
-        self.row_ce_clip = (resolve_ce_clip(ce_clip, int(num_classes)) if num_classes or ce_clip != "code"
-                            else None)
+        # clip of the cross-entropy rows of a margin attack (rival CE_ROW), resolved with the
+        # number of classes of the logits (validated here)
+        resolve_ce_clip(ce_clip, 2)
+        self.row_ce_clip = ce_clip
 
     @property
     def constraint_names(self) -> list[str]:
@@ -331,20 +340,18 @@ class MaxLossProblem(_AttackProblem):
         return names
 
     def objective(self, logits: Tensor, idx: Tensor) -> Tensor:
-        if self.loss_name == "margin":
-            L = self._margin(logits, idx)
-        else:
+        if self.loss_name != "margin":
             L = self.loss_fn(logits, self.y[idx], self._targets(idx))
+            return -(L if self.clip is None else L.clamp(max=self.clip))
+        rivals = self._rival_rows(idx)
+        L = self._margin(logits, idx, rivals)
         if self.clip is not None:
             L = L.clamp(max=self.clip)
-        if self.loss_name == "margin":
-            riv = self._row_rival if self._row_rival is not None else self.rival.to(idx.device)[idx]
-            ce_rows = riv == CE_ROW
-            if bool(ce_rows.any()):
-                ce = LOSSES["ce"](logits, self.y[idx], self._targets(idx))
-                if self.row_ce_clip is not None:
-                    ce = ce.clamp(max=self.row_ce_clip)
-                L = torch.where(ce_rows, ce, L)
+        riv, _, any_ce = rivals
+        if any_ce:
+            ce = LOSSES["ce"](logits, self.y[idx], self._targets(idx))
+            clip = resolve_ce_clip(self.row_ce_clip, logits.shape[1])
+            L = torch.where(riv == CE_ROW, ce if clip is None else ce.clamp(max=clip), L)
         return -L
 
     def _distance_column(self, xp: Tensor, idx: Tensor) -> Tensor:

@@ -77,7 +77,7 @@ from ncvx_core.utils import tree_rows
 
 __all__ = [
     "RunOutput", "CheckContext", "default_solver_options", "run_max_loss", "run_min_distortion",
-    "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "adapt_distance", "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
+    "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "model_dtype", "adapt_distance", "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
     "DEFAULT_LINESEARCH_MAXIT", "DEFAULT_NGRAD",
 ]
 
@@ -208,6 +208,15 @@ def adapt_distance(distance: Distance, x: Tensor, dtype: torch.dtype = torch.flo
     raise ValueError(f"the distance {distance!r} fails on the inputs: {exc}") from exc
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The precision ``model`` computes in: the dtype of its floating parameters and buffers when
+    they are all float32 or all float64, else float64 (no floating tensors, or mixed ones)."""
+    kinds = {t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()}
+    if len(kinds) == 1 and next(iter(kinds)) in (torch.float32, torch.float64):
+        return next(iter(kinds))
+    return torch.float64
+
+
 def model_as(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """``model`` itself if all its floating parameters and buffers have ``dtype``, else an eval-mode
     deep copy cast to ``dtype`` (the caller's model is never modified)."""
@@ -289,9 +298,7 @@ def _screened_margin(ctx: CheckContext, rows: Tensor, xc: Tensor, tgt: Tensor | 
     A float32 margin is off by about 1e-7 times the logits' scale, far inside the slack, so every
     point the float64 model would call a success is re-run in float64, and the margins of the
     others only rank failures (restart selection)."""
-    scr = ctx.screen
-    p = next((t for t in list(scr.parameters()) + list(scr.buffers()) if t.is_floating_point()), None)
-    low = scr(xc.to(torch.float64 if p is None else p.dtype)).to(torch.float64)
+    low = ctx.screen(xc.to(model_dtype(ctx.screen))).to(torch.float64)
     m = margin_loss(low, ctx.y[rows], tgt).to(torch.float64)
     scale = low.abs().amax(dim=1).nan_to_num(math.inf, math.inf, math.inf)
     near = ~(m < -ctx.screen_slack * (1.0 + scale))  # NaN margins are re-run too

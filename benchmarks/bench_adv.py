@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import math
 import sys
 import time
@@ -73,6 +72,7 @@ import adv  # noqa: E402
 import adv.api  # noqa: E402
 from adv.distances import _PERCEPTUAL_EPS  # noqa: E402
 from adv.losses import margin as margin_loss  # noqa: E402
+from adv.runner import model_as  # noqa: E402
 from adv.zoo import RECIPE_VERSION, default_model, load_digits  # noqa: E402
 
 try:  # optional baseline (install with --no-deps: its torchvision dependency would replace torch)
@@ -179,9 +179,7 @@ def lpa_penalty(model: nn.Module, dist: Any, x: Tensor, y: Tensor, eps: float, *
     B = x.shape[0]
     col = (B,) + (1,) * (x.dim() - 1)
     xa = (x + 0.01 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
-    m64 = copy.deepcopy(model).double().eval()
-    for p in m64.parameters():
-        p.requires_grad_(False)
+    m64 = model_as(model, torch.float64)
     best = xa.clone()
     best_m = torch.full((B,), -math.inf, dtype=torch.float64)
     if step0 is None:
@@ -429,9 +427,7 @@ def ppgd(model: nn.Module, dist: Any, x: Tensor, y: Tensor, eps: float, *, steps
     x = x.detach().to(torch.float64)
     B = x.shape[0]
     col = (B,) + (1,) * (x.dim() - 1)
-    m64 = copy.deepcopy(model).double().eval()
-    for p in m64.parameters():
-        p.requires_grad_(False)
+    m64 = model_as(model, torch.float64)
     eta = step_scale * eps / steps
     xa = (x + 0.01 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)
     xa, d = ppgd_project(dist, x, xa, eps, iters=proj_iters, out_dtype=out_dtype)
@@ -675,7 +671,7 @@ def section_min(model: nn.Module, x: Tensor, y: Tensor, dist_name: str, args: ar
 def section_perceptual(model: nn.Module, x: Tensor, y: Tensor, eps: float, args: argparse.Namespace,
                        summary: dict[str, Any]) -> list[str]:
     n = x.shape[0]
-    feat_model = copy.deepcopy(model).double().eval()
+    feat_model = model_as(model, torch.float64)
     dist = adv.Perceptual(adv.classifier_features(feat_model))
     log(f"[perceptual] eps={eps}: PWCF on {n} images")
     t = time.perf_counter()
