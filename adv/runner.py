@@ -184,6 +184,8 @@ def adapt_distance(distance: Distance, x: Tensor, dtype: torch.dtype = torch.flo
     the solver's ``dtype``: lp distances and distances that run in both dtypes as they are, else a
     :class:`CastDistance` to the first of float64, ``dtype`` and the dtype of ``x`` it runs in
     (e.g. a perceptual distance whose feature network holds float64 or float32 weights)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     if isinstance(distance, Lp):
         return distance
     probe = x[:1].detach()
@@ -211,6 +213,8 @@ def adapt_distance(distance: Distance, x: Tensor, dtype: torch.dtype = torch.flo
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The precision ``model`` computes in: the dtype of its floating parameters and buffers when
     they are all float32 or all float64, else float64 (no floating tensors, or mixed ones)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     kinds = {t.dtype for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()}
     if len(kinds) == 1 and next(iter(kinds)) in (torch.float32, torch.float64):
         return next(iter(kinds))

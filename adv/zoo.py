@@ -210,6 +210,21 @@ def fit_classifier(make_model: Callable[[], nn.Module], x: Tensor, y: Tensor, re
     ``clean_weight CE(clean) + (1 - clean_weight) CE(PGD)`` (l-infinity PGD, ``rec["eps"]``,
     ``rec["pgd_steps"]`` steps of ``rec["pgd_step"]``, run in eval mode), before it plain
     cross-entropy. One torch thread; returns the model in eval mode with frozen parameters."""
+    if not callable(make_model):
+        raise TypeError(f"make_model must be a callable returning the model, got {type(make_model).__name__}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(f"x must be a floating (N, ...) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    if not isinstance(y, Tensor) or y.dtype != torch.long or tuple(y.shape) != (x.shape[0],):
+        raise ValueError(f"y must be an int64 tensor of shape ({x.shape[0]},), got "
+                         f"{(tuple(y.shape), y.dtype) if isinstance(y, Tensor) else type(y).__name__}")
+    for name, v in (("epochs", epochs), ("adv_from", adv_from)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    need = {"seed", "lr", "batch_size"} | ({"eps", "pgd_steps", "pgd_step", "clean_weight"} if adv_from < epochs else set())
+    missing = sorted(need - set(rec))
+    if missing:
+        raise ValueError(f"rec is missing the recipe keys {missing}")
     with _one_thread():
         torch.manual_seed(rec["seed"])
         gen = torch.Generator().manual_seed(rec["seed"] + 1)

@@ -193,3 +193,30 @@ def test_adapt_distance_forms():
         return (a - b).flatten(1).norm(dim=1)
 
     assert adapt_distance(anydtype, x, torch.float32) is anydtype
+
+
+def test_new_entry_points_reject_bad_input():
+    from adv.runner import adapt_distance
+    from adv.zoo import fit_classifier
+
+    _, m32 = _pair()
+    x = torch.rand(2, 6)
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"ce_restarts must be an integer >= 0, got -1"):
+        adv.attack(m32, x, y, "l2", 0.5, ce_restarts=-1)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got function"):
+        model_dtype(lambda t: t)
+    with pytest.raises(ValueError, match=r"dtype must be torch.float32 or torch.float64, got torch.float16"):
+        adapt_distance(adv.Lp(2.0), x, torch.float16)
+    rec = {"seed": 0, "lr": 1e-3, "batch_size": 2}
+    with pytest.raises(ValueError, match=r"y must be an int64 tensor of shape \(2,\)"):
+        fit_classifier(lambda: nn.Linear(6, 3), x, y.float(), rec, epochs=1, adv_from=1)
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 0, got -1"):
+        fit_classifier(lambda: nn.Linear(6, 3), x, y, rec, epochs=-1, adv_from=0)
+    with pytest.raises(ValueError, match=r"rec is missing the recipe keys \['clean_weight', 'eps'"):
+        fit_classifier(lambda: nn.Linear(6, 3), x, y, rec, epochs=1, adv_from=0)
+    with pytest.raises(TypeError, match=r"make_model must be a callable"):
+        fit_classifier(nn.Linear(6, 3).weight, x, y, rec, epochs=1, adv_from=1)
+    # a valid plain run trains and returns a frozen eval-mode model
+    m = fit_classifier(lambda: nn.Linear(6, 3), x, y, rec, epochs=1, adv_from=1)
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
