@@ -258,9 +258,9 @@ class BFGS:
         else:
             Hn = torch.baddbmm(H * f.view(-1, 1, 1), U, V.transpose(1, 2))
         code = torch.full_like(mask, -1, dtype=torch.int8)
-        code = torch.where(mask & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
-        code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
-        code = torch.where(ok, torch.where(do_scale & ~gamma_ok, 1, 0).to(torch.int8), code)
+        code = code.masked_fill(mask & ~sty_ok, 2)
+        code = code.masked_fill(mask & ~finite, 3)
+        code = torch.where(ok, (do_scale & ~gamma_ok).to(torch.int8), code)
         pending = state.scale_pending & ~ok
         if HX is not None:
             HX = f.view(-1, 1, 1) * HX + bmm(U, bmm(V.transpose(1, 2), X))
@@ -428,7 +428,7 @@ class LBFGS:
         wc = wc.to(device).expand(B).clamp(max=k)
         wg = wg.to(dtype=dtype, device=device).expand(B)
         # right-align the filled pairs (oldest first); keep the *first* m filled pairs if more
-        take = torch.minimum(wc, torch.tensor(self.m, device=device))
+        take = wc.clamp(max=self.m)
         m = self.m
         # positions of the filled pairs in the source: last wc slots; we keep the first `take`
         src_start = k - wc  # (B,)
@@ -487,9 +487,9 @@ class LBFGS:
         rho = torch.where(ok.unsqueeze(1), torch.cat([state.rho[:, 1:], rho_new.unsqueeze(1)], dim=1), state.rho)
         count = torch.where(ok, (state.count + 1).clamp(max=self.m), state.count)
         code = torch.full_like(mask, -1, dtype=torch.int8)
-        code = torch.where(mask & ~finite, torch.tensor(3, dtype=torch.int8), code)
-        code = torch.where(mask & finite & ~sty_ok, torch.tensor(2, dtype=torch.int8), code)
-        code = torch.where(ok, torch.where(want & ~gamma_ok, 1, 0).to(torch.int8), code)
+        code = code.masked_fill(mask & ~finite, 3)
+        code = code.masked_fill(mask & finite & ~sty_ok, 2)
+        code = torch.where(ok, (want & ~gamma_ok).to(torch.int8), code)
         return LBFGSState(S, Y, rho, gamma, count, pending, *_inner(S, Y)), UpdateInfo(code, damped & mask)
 
     def dense(self, state: LBFGSState) -> Tensor:

@@ -254,7 +254,7 @@ class WeakWolfe:
                 alpha = alpha.index_copy(0, rows, t_ret[rows])
             status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
-        status = torch.where(active, status, torch.tensor(LS_OK, dtype=torch.int8, device=dev))
+        status = torch.where(active, status, torch.full((), LS_OK, dtype=torch.int8, device=dev))
         return LineSearchResult(alpha, best, status, evals)
 
     # speculation width: a trial step is added to a problem's round only while the chance that the

@@ -375,7 +375,7 @@ class _Solver:
                                                                              device=self.device)))
         st = self._halt(st, updated)
         st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
-                                            torch.tensor(int(Status.MAXIT), dtype=torch.int16, device=self.device),
+                                            torch.full((), int(Status.MAXIT), dtype=torch.int16, device=self.device),
                                             st.status))
         if self.printer is not None:
             self.printer.header(self.constrained, self.p, self.q)
@@ -399,10 +399,10 @@ class _Solver:
             # wall clock (checked after accepted steps), then maxit
             if o.maxclocktime < math.inf and time.monotonic() - self.t_start > o.maxclocktime:
                 st = st._replace(status=torch.where((st.status == RUNNING) & acc_full,
-                                                    torch.tensor(int(Status.MAXCLOCKTIME), dtype=torch.int16,
+                                                    torch.full((), int(Status.MAXCLOCKTIME), dtype=torch.int16,
                                                                  device=self.device), st.status))
             st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
-                                                torch.tensor(int(Status.MAXIT), dtype=torch.int16, device=self.device),
+                                                torch.full((), int(Status.MAXIT), dtype=torch.int16, device=self.device),
                                                 st.status))
             passes += 1
             if self.printer is not None:
@@ -445,7 +445,7 @@ class _Solver:
         need = mask & ~smooth
         stat = torch.where(mask & smooth, gnorm, st.stat)
         n_grads = torch.where(mask & smooth, 1, st.n_grads)
-        fb = torch.where(mask & smooth, torch.tensor(0, dtype=torch.int8, device=self.device), st.stat_fallback)
+        fb = torch.where(mask & smooth, torch.full((), 0, dtype=torch.int8, device=self.device), st.stat_fallback)
         rows_all = torch.nonzero(need).flatten()
         chunk = max(1, self.plan.chunk)
         ev = st.ev
@@ -471,7 +471,7 @@ class _Solver:
         code1 = run & ~code0 & (rel_diff <= o.rel_tol)
         code2 = run & ~code0 & ~code1 & (st.ev.f <= o.fvalquit)
         for m, c in ((code0, 0), (code1, 1), (code2, 2)):
-            status = torch.where(m, torch.tensor(c, dtype=torch.int16, device=self.device), status)
+            status = torch.where(m, torch.full((), c, dtype=torch.int16, device=self.device), status)
         return status
 
     def _halt(self, st: State, updated: Tensor) -> State:
@@ -491,7 +491,7 @@ class _Solver:
                 f"halt_log_fn must return None or a bool tensor of shape ({self.B},), got "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         halt = out.to(device=self.device).bool() & updated & (st.status == RUNNING)
-        return st._replace(status=torch.where(halt, torch.tensor(int(Status.USER_HALT), dtype=torch.int16,
+        return st._replace(status=torch.where(halt, torch.full((), int(Status.USER_HALT), dtype=torch.int16,
                                                                   device=self.device), st.status))
 
     # ------------------------------------------------------------------------------------------
@@ -629,7 +629,7 @@ class _Solver:
             mu_lowest = st.mu_lowest
         best, mf = records
         status = st.status
-        i16 = lambda c: torch.tensor(int(c), dtype=torch.int16, device=dev)  # noqa: E731
+        i16 = lambda c: torch.full((), int(c), dtype=torch.int16, device=dev)  # noqa: E731
         if res is None:
             ls_status = torch.full((k,), LS_OK, dtype=torch.int8, device=dev)
             t = torch.zeros(k, dtype=self.dtype, device=dev)
@@ -639,7 +639,7 @@ class _Solver:
             t = res.t
             trial = res.trial
         ls_status = torch.where(nondescent_search & ~descent & (ls_status != LS_OK),
-                                torch.tensor(LS_NONDESCENT, dtype=torch.int8, device=dev), ls_status)
+                                torch.full((), LS_NONDESCENT, dtype=torch.int8, device=dev), ls_status)
 
         # -- outcomes ----------------------------------------------------------------------------
         level = st.level

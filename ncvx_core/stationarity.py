@@ -134,7 +134,7 @@ def stationarity_qp(
     cands = [1]
     while cands[-1] < L:
         cands.append(min(4 * cands[-1], L))
-    occurs = (bucket.unsqueeze(1) == torch.tensor(cands, device=bucket.device)).any(0).tolist()
+    occurs = torch.stack([(bucket == c).any() for c in cands]).tolist()
     sizes = [c for c, o in zip(cands, occurs) if o]
     if len(sizes) == 1:
         return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
@@ -196,8 +196,9 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
         if lmax == 1:
             # one sample: the equality fixes sigma = mu, leaving a box QP over the p + q constraint
             # multipliers (solved exactly by face enumeration when p + q <= 3)
-            # integer indices built on the host: boolean-mask indexing would synchronise
-            free = torch.tensor([i for i in range(w) if i != q], dtype=torch.long, device=dev)
+            # integer indices made on the device: boolean-mask indexing (or a tensor of host
+            # numbers) would synchronise
+            free = torch.cat([torch.arange(q, device=dev), torch.arange(q + 1, w, device=dev)])
             sigma = mu.double()
             Qf = Qm.index_select(1, free).index_select(2, free)
             qf = linm.index_select(1, free) + Qm[:, :, q].index_select(1, free) * sigma.unsqueeze(1)
@@ -217,7 +218,7 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
     if bool(need.any()):
         z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
         z = torch.where(bmask(ok1, z), z, z2)
-        fallback = torch.where(~ok1 & ok2, torch.tensor(2, dtype=torch.int8, device=dev), fallback)
+        fallback = torch.where(~ok1 & ok2, torch.full((), 2, dtype=torch.int8, device=dev), fallback)
     dvec = -bmm(HM64, z.unsqueeze(2)).squeeze(2)
     stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
     stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)

@@ -49,14 +49,18 @@ def _problem(x, idx=None):  # type: ignore[no-untyped-def]
 
 def test_counter_sees_the_operations_that_sync():
     x = torch.arange(6.0)
+    idx = torch.arange(0, 4, 2)
     with SyncCounter() as c:
         _ = x[x > 2]  # boolean indexing
         _ = (x > 2).nonzero()
         _ = float(x.sum())
         _ = (x > 2).any().tolist()  # served without dispatch on a CPU tensor
-        _ = x[torch.tensor([0, 2])]  # integer indexing: no sync
-        _ = torch.where(x > 2, x, 0.0)  # masks: no sync
-    assert c.n == 4
+        _ = torch.where(x > 2, torch.tensor(3.0), x)  # host number made a tensor: host-to-device copy
+        _ = x[idx]  # integer indexing with a device index: no sync
+        _ = torch.where(x > 2, x, 0.0)  # masks and Python scalars: no sync
+        _ = x.masked_fill(x > 2, 3.0)
+        _ = torch.full((), 3.0)
+    assert c.n == 5
 
 
 def test_record_and_line_search_copies_sync_once_per_call():
@@ -106,3 +110,48 @@ def test_sites_separate_the_problem_function_from_the_solver():
     assert calls >= 2  # the start point and at least one line-search round
     assert c.n > calls and sum(c.sites.values()) == c.n
     assert all(k == "problem function" or k.split(":")[0].endswith(".py") for k in c.sites)
+
+
+def test_building_blocks_do_not_sync():
+    """The pieces ``tests/test_gpu_sync.py`` runs under CUDA's sync debug mode, counted here on the
+    CPU: the L-BFGS and BFGS updates and products, damping, the violation measures and the
+    enumeration QP of the steering step have no host synchronisation (no scalar reads, no
+    ``nonzero``, no tensors made from host numbers)."""
+    from ncvx_core.hessian import BFGS, LBFGS, damp
+    from ncvx_core.penalty import violation
+    from ncvx_core.problem import Evaluation
+    from ncvx_core.qp import BoxQP
+    from ncvx_core.qp.enum import EnumQPSolver
+
+    g = torch.Generator().manual_seed(0)
+    B, n, m = 8, 50, 5
+    s = torch.randn(B, n, generator=g, dtype=torch.float64)
+    y = s + 0.1 * torch.randn(B, n, generator=g, dtype=torch.float64)
+    V = torch.randn(B, n, 3, generator=g, dtype=torch.float64)
+    mask = torch.ones(B, dtype=torch.bool)
+    mask[3] = False
+    for h in (LBFGS(m), BFGS()):
+        st = h.init(B, n, torch.float64, torch.device("cpu"))
+        with SyncCounter() as c:
+            for _ in range(m + 2):
+                st, _info = h.update(st, s, y, mask)
+                s, y = s.roll(1, dims=1), y.roll(1, dims=1)
+            HV = h.matmul(st, V)
+            hs = h.matmul(st, s.unsqueeze(2)).squeeze(2)
+            damp(s, y, hs, 1e-4)
+        assert c.n == 0, (type(h).__name__, c.n)
+        assert torch.isfinite(HV).all()
+    p, q = 3, 2
+    ev = Evaluation(torch.randn(B, generator=g), torch.randn(B, p, generator=g), torch.randn(B, q, generator=g),
+                    torch.randn(B, n, generator=g), torch.randn(B, p, n, generator=g),
+                    torch.randn(B, q, n, generator=g))
+    A = torch.randn(B, 3, 3, generator=g, dtype=torch.float64)
+    qp = BoxQP(Q=A @ A.mT + 0.1 * torch.eye(3, dtype=torch.float64), q=torch.randn(B, 3, generator=g, dtype=torch.float64),
+               lo=torch.zeros(B, 3, dtype=torch.float64), hi=torch.ones(B, 3, dtype=torch.float64))
+    solver = EnumQPSolver()
+    solver.solve(qp)  # the first call builds the face table once (one copy per device)
+    with SyncCounter() as c:
+        v = violation(ev, 1e-6, 1e-6)
+        res = solver.solve(qp)
+    assert c.n == 0, c.n
+    assert v.tv.shape == (B,) and res.w.shape == (B, 3)

@@ -152,6 +152,16 @@ class IPMQPSolver:
         self.polish_rounds = int(polish_rounds)
         self.gamma_n = float(gamma_n)
         self._fractions = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.25, 0.1], dtype=torch.float64)
+        self._fractions_at: dict[tuple[str, torch.dtype], Tensor] = {}
+
+    def _fractions_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The step fractions on ``device``, copied there once per solver object (a host-to-device
+        copy blocks the host on a CUDA device)."""
+        key = (str(device), dtype)
+        f = self._fractions_at.get(key)
+        if f is None:
+            f = self._fractions_at[key] = self._fractions.to(device=device, dtype=dtype)
+        return f
 
     def supports(self, qp: BoxQP) -> bool:
         """The IPM handles every problem of the type."""
@@ -220,7 +230,7 @@ class IPMQPSolver:
             ITERS[w.idx] = w.iters
             CONV[w.idx] = w.conv
 
-        frac = self._fractions.to(device=dev, dtype=dt)
+        frac = self._fractions_on(dev, dt)
         while True:
             u, z, y, nu = W.u, W.z, W.y, W.nu
             s = torch.where(W.ubm, W.ubv - u, 1.0)

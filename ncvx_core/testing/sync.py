@@ -3,8 +3,11 @@
 On a CUDA device a device-to-host copy stalls the host until the queued kernels have run. The
 operations that need one are visible at the dispatcher on every device: reading a scalar
 (``.item()``, ``bool()``, ``int()``, ``float()``: ``aten._local_scalar_dense``), ``nonzero``,
-``masked_select``, ``unique`` and indexing with a boolean mask (a hidden ``nonzero``).
-:class:`SyncCounter` counts them under a ``TorchDispatchMode`` (plus ``.tolist()``, ``.numpy()`` and
+``masked_select``, ``unique`` and indexing with a boolean mask (a hidden ``nonzero``). The other
+direction blocks too: a tensor made from host numbers (``torch.tensor(3, device=dev)``, or a CPU
+``torch.tensor(3)`` mixed into an operation on device tensors) is a blocking host-to-device copy,
+seen as a call of ``torch.tensor`` or ``torch.as_tensor`` on host data. (``t[idx] = 3`` is not one:
+on a CUDA tensor the scalar is filled in on the device.) :class:`SyncCounter` counts them under a ``TorchDispatchMode`` (plus ``.tolist()``, ``.numpy()`` and
 ``.cpu()``, seen by a ``TorchFunctionMode``), so sync budgets can be checked and
 measured on a CPU-only machine (``tests/test_host_sync.py``, ``benchmarks/bench_host_sync.py``).
 It is a diagnostic: dispatch modes slow every operation down.
@@ -20,7 +23,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["SYNC_METHODS", "SYNC_OPS", "SyncCounter"]
+__all__ = ["HOST_FACTORIES", "SYNC_METHODS", "SYNC_OPS", "SyncCounter"]
 
 #: Dispatcher operations that copy from the device to the host on a CUDA device.
 SYNC_OPS = frozenset({
@@ -38,6 +41,9 @@ def _bool_index(args: tuple[Any, ...]) -> bool:
 #: Tensor methods that copy to the host without a dispatched operation on a CPU tensor
 #: (``.item()``, ``bool()`` and friends are caught at the dispatcher as ``_local_scalar_dense``).
 SYNC_METHODS = frozenset({"tolist", "numpy", "cpu"})
+
+#: Factories that copy host data to the device (counted unless their data is already a tensor).
+HOST_FACTORIES = frozenset({"tensor", "as_tensor"})
 
 
 class _Dispatch(TorchDispatchMode):
@@ -58,7 +64,8 @@ class _Function(TorchFunctionMode):
         self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if getattr(func, "__name__", "") in SYNC_METHODS:
+        name = getattr(func, "__name__", "")
+        if name in SYNC_METHODS or (name in HOST_FACTORIES and args and not isinstance(args[0], torch.Tensor)):
             self.counter._hit()
         return func(*args, **(kwargs or {}))
 
@@ -67,7 +74,8 @@ class SyncCounter:
     """Counts the operations that synchronise with the host on a CUDA device (a context manager).
 
     Dispatched operations in :data:`SYNC_OPS`, boolean-mask indexing, and the tensor methods in
-    :data:`SYNC_METHODS` (which a CPU tensor serves without dispatching).
+    :data:`SYNC_METHODS` (which a CPU tensor serves without dispatching), and the factories in
+    :data:`HOST_FACTORIES` called on host data (a host-to-device copy).
 
     Attributes:
         n: number of such operations seen.
