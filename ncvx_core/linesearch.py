@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .utils import tree_map, tree_put, tree_rows
+from .utils import tree_map, tree_put, tree_rows, tree_where
 
 __all__ = [
     "LS_OK",
@@ -142,6 +142,12 @@ class WeakWolfe:
             would reach it with at least this probability, estimated from the fraction of this
             object's past trials that failed sufficient decrease (none before 16 trials); 0: always
             the most steps ``speculate`` and the row bound allow.
+        sync_free: how a round copies the trials it takes into the search's points: True rewrites
+            every row of the round under a mask (no host synchronisation; the failure count for the
+            speculation width then stays on the device and is read only when a width above 1 is
+            possible), False copies the taken rows only, sized by one ``nonzero`` (fewer operations;
+            a host sync on a GPU), None (default) True on a CUDA device, False on the CPU. The
+            accepted steps, points and counts do not depend on it.
 
     Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
     Math. Programming 141 (2013).
@@ -150,7 +156,8 @@ class WeakWolfe:
     name = "weak_wolfe"
 
     def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
-                 backtracking: bool = False, speculate: int = 1, speculate_min_use: float = 0.5) -> None:
+                 backtracking: bool = False, speculate: int = 1, speculate_min_use: float = 0.5,
+                 sync_free: bool | None = None) -> None:
         if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
             raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
         if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 1:
@@ -161,6 +168,9 @@ class WeakWolfe:
         if not 0 <= speculate_min_use < 1:
             raise ValueError(f"speculate_min_use must be in [0, 1), got {speculate_min_use!r}")
         self.speculate_min_use = float(speculate_min_use)
+        if sync_free is not None and not isinstance(sync_free, bool):
+            raise ValueError(f"sync_free must be None or a bool, got {sync_free!r}")
+        self.sync_free = sync_free
         # decayed counts of past trials that failed sufficient decrease (a host float; a 0-d
         # tensor on the trials' device for value-only trials, see _observe) and of all past trials
         self._n_fail: Tensor | float = 0.0
@@ -298,7 +308,8 @@ class WeakWolfe:
 
         Every row either is taken (accepted, or its lower bracket end moves up) or failed
         sufficient decrease, never both; so the failures number ``len(rows)`` minus the taken
-        rows, which the copy of the taken trials has counted already."""
+        rows, which the copy of the taken trials has counted already when it is sized on the host
+        (``sync_free`` off)."""
         if quiet and not self.backtracking:
             prob.record(trial, rows)
         ls.evals = ls.evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
@@ -318,6 +329,10 @@ class WeakWolfe:
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
             ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
+        elif self.sync_free if self.sync_free is not None else rows.device.type != "cpu":
+            # every row of the round is rewritten (its old point where the trial is not taken):
+            # integer indices and masks, no host sync
+            tree_put(ls.best, rows, tree_where(take, trial, tree_rows(ls.best, rows)))
         else:
             ti = take.nonzero().squeeze(1)  # one host sync (sizes the copy), then integer gathers
             n_failed = rows.numel() - ti.numel()

@@ -102,6 +102,7 @@ class SolverOptions:
     qp_tol: float = 1e-12
     jacobian: str = "loop"
     auto_memory: bool = True
+    sync_free: bool | None = None
     memory_limit: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901 - a flat list of checks reads best
@@ -208,6 +209,8 @@ class SolverOptions:
         if self.jacobian not in ("loop", "vmap"):
             bad("jacobian", "'loop' or 'vmap'")
         boolean("auto_memory")
+        if self.sync_free is not None and not isinstance(self.sync_free, bool):
+            bad("sync_free", "None or a bool")
         if self.memory_limit is not None and num("memory_limit") <= 0:
             bad("memory_limit", "None or a positive number of bytes")
 

@@ -124,9 +124,9 @@ class HaltInfo(NamedTuple):
 
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
     "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch,
-                                      o.linesearch_speculation),
+                                      o.linesearch_speculation, sync_free=o.sync_free),
     "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True,
-                                        o.linesearch_speculation),
+                                        o.linesearch_speculation, sync_free=o.sync_free),
 }
 
 HESSIANS: dict[str, Callable[[SolverOptions], HessianApprox]] = {
@@ -181,7 +181,7 @@ def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: 
 def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
                     mu: Tensor, constrained: bool) -> tuple[Record, Record]:
     """Update the best / most-feasible records of problems ``rows`` with new evaluations."""
-    new = _record_from(x, ev, viol, mu, torch.ones_like(viol.feasible))
+    new = Record(x, ev.f, ev.ci, ev.ce, viol.tvi, viol.tve, viol.tv, viol.feasible, mu, torch.ones_like(viol.feasible))
     f = ev.f
     ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
     if constrained:
@@ -192,17 +192,12 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
         better_b = ok & (f < best.f[rows])
         better_mf = ok & (f < mf.f[rows])
 
-    # in place: the record tensors belong to the solver state being stepped. One host sync (the
-    # nonzero) sizes the copy for both records; the fields are then moved with integer indices and
-    # masks, never by boolean indexing (one sync per field on a GPU)
-    bi = (better_b | better_mf).nonzero().squeeze(1)
-    if bi.numel():
-        sel = rows[bi]
-        for rec, better in ((best, better_b), (mf, better_mf)):
-            m = better[bi]
-            for full, part in zip(rec, new):
-                p = part[bi]
-                full[sel] = torch.where(bmask(m, p), p.to(full.dtype), full[sel])
+    # in place: the record tensors belong to the solver state being stepped. Every row of the round
+    # is rewritten (its old value where it did not improve): integer indices and masks, no host
+    # sync (boolean indexing, or a nonzero to size the copy, would be one)
+    for rec, better in ((best, better_b), (mf, better_mf)):
+        for full, part in zip(rec, new):
+            full[rows] = torch.where(bmask(better, part), part.to(full.dtype), full[rows])
     return best, mf
 
 

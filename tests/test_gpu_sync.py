@@ -60,6 +60,38 @@ def test_violation_does_not_sync():
     assert v.tv.shape == (B,)
 
 
+def test_line_search_rounds_and_records_do_not_sync():
+    """Consuming a line-search round (copying the taken trials) and updating the best /
+    most-feasible records run under the sync debug mode inside a whole CUDA solve (``sync_free``
+    defaults to True on a CUDA device)."""
+    import ncvx_core.linesearch as L
+    import ncvx_core.solver as S
+
+    calls = {"consume": 0, "records": 0}
+    orig_consume, orig_records = L.WeakWolfe._consume, S._update_records
+
+    def consume(self, *args):  # type: ignore[no-untyped-def]
+        calls["consume"] += 1
+        with no_sync():
+            return orig_consume(self, *args)
+
+    def records(*args):  # type: ignore[no-untyped-def]
+        calls["records"] += 1
+        with no_sync():
+            return orig_records(*args)
+
+    def fn(x):
+        return (x - 1).abs().sum(1), torch.stack([x.sum(1) - 1, -0.5 - x[:, 0]], 1), None
+
+    L.WeakWolfe._consume, S._update_records = consume, records
+    try:
+        res = solve(fn, torch.randn(6, 4, device="cuda", dtype=torch.float64), SolverOptions(maxit=10, print_level=0))
+    finally:
+        L.WeakWolfe._consume, S._update_records = orig_consume, orig_records
+    assert calls["consume"] > 5 and calls["records"] > 5
+    assert int(res.iters.max()) > 2
+
+
 @pytest.mark.xfail(strict=True, reason="a whole iteration still has host syncs (compaction, QP working sets, "
                                        "line-search rounds); see docs/batching.md")
 def test_whole_iteration_does_not_sync():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import pytest
 import torch
 
 import ncvx_core.linesearch as L
@@ -63,7 +64,8 @@ def test_counter_sees_the_operations_that_sync():
     assert c.n == 5
 
 
-def test_record_and_line_search_copies_sync_once_per_call():
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_record_and_line_search_copies_sync_once_per_call(sync_free):
     x0 = torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     rec: list[int] = []
     con: list[int] = []
@@ -81,21 +83,36 @@ def test_record_and_line_search_copies_sync_once_per_call():
     try:
         with counted(S, "_update_records", rec), counted(L.WeakWolfe, "_consume", con), \
                 counted(L.WeakWolfe, "_width", wid), counted(S, "cache_insert", cac):
-            res = solve(_problem, x0, SolverOptions(maxit=15, print_level=0))
+            res = solve(_problem, x0, SolverOptions(maxit=15, print_level=0, sync_free=sync_free))
     finally:
         L.WeakWolfe._consume = orig
     assert int(res.iters.max()) > 3 and rec and con and wid
-    # the host-side failure count is exact: every row is either taken or failed
-    assert checked and all(n == int(f.sum()) for f, n in checked)
-    # the speculation width reads failure counts kept on the host
-    assert max(wid) == 0, wid
     # the gradient cache: one nonzero for the points whose distance bounds straddle evaldist
     assert cac and max(cac) <= 1, cac
-    # best and most-feasible records: one nonzero for both, however many fields a record has
-    assert max(rec) <= 1, rec
-    # consuming a round: one nonzero to copy the accepted trials (however many fields a trial
-    # has) plus the one of the records update it triggers
-    assert max(con) <= 2, con
+    # best and most-feasible records: rewritten under masks, however many fields a record has
+    assert max(rec) == 0, rec
+    if sync_free:
+        # consuming a round: the accepted trials are copied under a mask
+        assert max(con) == 0, con
+        assert all(n is None for _, n in checked)
+        # the speculation width reads the device-side failure count (only when a width > 1 is possible)
+        assert max(wid) <= 1, wid
+    else:
+        # one nonzero sizes the copy of the accepted trials (however many fields a trial has)
+        assert max(con) == 1, con
+        # the host-side failure count is exact: every row is either taken or failed
+        assert checked and all(n == int(f.sum()) for f, n in checked)
+        # so the speculation width reads failure counts kept on the host
+        assert max(wid) == 0, wid
+
+
+def test_sync_free_gives_the_same_solve():
+    x0 = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    a, b = (solve(_problem, x0, SolverOptions(maxit=30, print_level=0, sync_free=v)) for v in (False, True))
+    assert torch.equal(a.status, b.status) and torch.equal(a.iters, b.iters)
+    for ra, rb in ((a.final, b.final), (a.best, b.best), (a.most_feasible, b.most_feasible)):
+        assert torch.equal(ra.x, rb.x) and torch.equal(ra.f, rb.f)
+    assert torch.equal(a.fn_evals, b.fn_evals)
 
 
 def test_sites_separate_the_problem_function_from_the_solver():

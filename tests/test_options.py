@@ -190,3 +190,13 @@ def test_options_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.maxit = 5  # type: ignore[misc]
     assert SolverOptions(maxit=7).as_dict()["maxit"] == 7
+
+
+def test_sync_free_is_none_or_a_bool():
+    assert SolverOptions().sync_free is None
+    assert SolverOptions(sync_free=True).sync_free is True
+    with pytest.raises(OptionError, match=r"'sync_free' must be None or a bool, got 'yes'"):
+        SolverOptions(sync_free="yes")
+    from ncvx_core.linesearch import WeakWolfe
+    with pytest.raises(ValueError, match="sync_free must be None or a bool, got 1"):
+        WeakWolfe(sync_free=1)  # type: ignore[arg-type]
