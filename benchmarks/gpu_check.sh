@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Device check for a CUDA machine, designed to finish in under 6 minutes from a bare machine that
+# Device check for a CUDA machine, designed to finish in under 7 minutes from a bare machine that
 # has Python with a CUDA build of torch preinstalled (no network needed):
 #   (a) nvidia-smi and versions,
 #   (b) `pytest -q -m gpu tests` when pytest (and the tests' imports) are available and GPU tests exist,
-#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py and bench_host_sync.py with --device cuda.
+#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py, bench_host_sync.py and
+#       diag_batch_invariance.py with --device cuda.
 # Results go to $OUT when it is set (else benchmarks/results/); a log of everything to gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
@@ -55,7 +56,7 @@ run "$PY" -c "import ncvx_core; print('ncvx_core', ncvx_core.__version__, ncvx_c
 say "== (b) GPU tests"
 if grep -rqs "mark.gpu" tests; then
   if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
-    run timeout 60 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider -x --no-header -rN \
+    run timeout 60 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider --no-header -rf \
       || say "GPU tests: exit code $? (see above)"
   else
     say "pytest or hypothesis is not installed here: GPU tests skipped"
@@ -80,8 +81,12 @@ run timeout 120 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES
   || say "bench_linesearch.py: exit code $?"
 
 say "== (c) bench_host_sync.py --device $DEV"
-run timeout 20 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
+run timeout 60 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
   || say "bench_host_sync.py: exit code $?"
+
+say "== (c) diag_batch_invariance.py --device $DEV"
+run timeout 60 "$PY" benchmarks/diag_batch_invariance.py --device "$DEV" --out "$RES" \
+  || say "diag_batch_invariance.py: exit code $?"
 
 say "== done; results in $RES"
 ls -l "$RES" | tee -a "$LOG"

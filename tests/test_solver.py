@@ -1403,14 +1403,29 @@ def test_torch_device_option_moves_the_solve():
 @pytest.mark.gpu
 @cuda
 def test_cuda_batch_invariance():
-    x0 = a1_x0(3).cuda()
-    res = solve(a1, x0, opts())
+    """On a CUDA device the batched kernels may round differently for different batch sizes, so a
+    problem's path is not bit-identical alone and in a batch as it is on the CPU (tests above). On
+    A1 (H200, torch 2.11) problem 0's first 8 iterates were bit-identical alone and in a batch of 3;
+    then a last-bit difference in the direction changed a line-search outcome at the kink
+    x1^2 = x2 (code 6 after 9 iterations alone, code 0 after 16 in the batch), both at the optimum.
+    Checked here: on a smooth constrained problem every run, alone or batched, reaches the
+    closed-form solution; on A1 every run reaches the optimum."""
+    g = torch.Generator().manual_seed(5)
+    c = (1.0 + torch.rand(3, 4, generator=g, dtype=DT)).cuda()  # sum(c) > 1: the constraint is active
+
+    def projection(cb: Tensor):  # min ||x - cb||^2 s.t. sum(x) <= 1
+        return lambda x: (((x - cb) ** 2).sum(1), (x.sum(1) - 1).unsqueeze(1), None)
+
+    xstar = c - (c.sum(1, keepdim=True) - 1) / c.shape[1]
+    x0 = torch.zeros(3, 4, dtype=DT, device="cuda")
+    assert torch.allclose(solve(projection(c), x0, opts()).best.x, xstar, atol=1e-6)
     for b in range(3):
-        single = solve(a1, x0[b : b + 1], opts())
-        assert torch.equal(single.status, res.status[b : b + 1])
-        assert torch.equal(single.iters, res.iters[b : b + 1])
-        assert torch.allclose(single.final.f, res.final.f[b : b + 1], rtol=1e-8, atol=0)
-        assert torch.allclose(single.final.x, res.final.x[b : b + 1], rtol=1e-8, atol=1e-12)
+        single = solve(projection(c[b : b + 1]), x0[b : b + 1], opts())
+        assert torch.allclose(single.best.x, xstar[b : b + 1], atol=1e-6)
+    xa = a1_x0(3).cuda()
+    assert_near_a1_optimum(solve(a1, xa, opts()))
+    for b in range(3):
+        assert_near_a1_optimum(solve(a1, xa[b : b + 1], opts()))
 
 
 @pytest.mark.gpu
