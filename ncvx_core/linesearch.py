@@ -144,8 +144,8 @@ class WeakWolfe:
             the most steps ``speculate`` and the row bound allow.
         sync_free: how a round copies the trials it takes into the search's points: True rewrites
             every row of the round under a mask (no host synchronisation; the failure count for the
-            speculation width then stays on the device and is read only when a width above 1 is
-            possible), False copies the taken rows only, sized by one ``nonzero`` (fewer operations;
+            speculation width then stays on the device and is read at most once per search, when
+            a width above 1 is first possible), False copies the taken rows only, sized by one ``nonzero`` (fewer operations;
             a host sync on a GPU), None (default) True on a CUDA device, False on the CPU. The
             accepted steps, points and counts do not depend on it.
 
@@ -175,6 +175,9 @@ class WeakWolfe:
         # tensor on the trials' device for value-only trials, see _observe) and of all past trials
         self._n_fail: Tensor | float = 0.0
         self._n_trials = 0.0
+        # the failure rate the widths of the current search use, read once per search from a
+        # device-side count (None: not read yet in this search)
+        self._rate: float | None = None
 
     def search(self, prob: LineSearchProblem, d: Tensor, active: Tensor, budget: Tensor) -> LineSearchResult:
         start = prob.start
@@ -199,6 +202,7 @@ class WeakWolfe:
         )
         quiet = prob.peek is not None and prob.record is not None
         spec = min(self.speculate, max(1, int(prob.speculation))) if quiet else 1
+        self._rate = None
         cap = 0  # rows of the first round: no later round evaluates more
         while True:
             # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
@@ -293,7 +297,15 @@ class WeakWolfe:
         trials = self._n_trials
         if trials < self._SPEC_MIN_TRIALS * (1 - 1e-9):
             return 1
-        p = min(float(self._n_fail) / trials, 0.999)
+        if isinstance(self._n_fail, Tensor):
+            # a device-side count (masked round copies): read at most once per search, so a
+            # search's widths use the rate from before its first speculative round
+            if self._rate is None:
+                self._rate = float(self._n_fail) / trials
+            rate = self._rate
+        else:
+            rate = self._n_fail / trials
+        p = min(rate, 0.999)
         w, reach = 1, p
         while w < limit and reach >= self.speculate_min_use:
             w += 1

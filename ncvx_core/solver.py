@@ -503,22 +503,26 @@ class _Solver:
         qn = level == 2
         steer_lanes = level <= 1
         rand = level == 4
-        # one host read for the three yes/no branch checks
-        any_qn, any_steer, any_rand = torch.stack([qn.any(), steer_lanes.any(), rand.any()]).tolist()
-        if any_qn:
-            if self.reuse and not self.constrained and bool((st.hv_ok | ~qn).all()):
+        # one host read for the branch checks: lanes per kind (all lanes steering needs no row
+        # list), and whether the stored H [g, Je^T, Ji^T] is current where it would be reused
+        n_qn, n_steer, any_rand, hv_qn, hv_steer = torch.stack([
+            qn.sum(), steer_lanes.sum(), rand.any().long(), (st.hv_ok | ~qn).all().long(),
+            (st.hv_ok | ~steer_lanes).all().long()]).tolist()
+        if n_qn:
+            if self.reuse and not self.constrained and hv_qn:
                 d_qn = -mu.unsqueeze(1) * st.hv[:, :, 0]  # gphi = mu g without constraints
             else:
                 d_qn = -self.hess.matmul(st.H, gphi.unsqueeze(2)).squeeze(2)
             d = torch.where(bmask(qn, d), d_qn, d)
-        if self.constrained and any_steer:
-            rows = torch.nonzero(steer_lanes).flatten()
-            Hsub = st.H if rows.numel() == k else state_rows(st.H, rows)  # all lanes: no copy
+        if self.constrained and n_steer:
+            every = n_steer == k
+            rows = torch.arange(k, device=self.device) if every else torch.nonzero(steer_lanes).flatten()
+            Hsub = st.H if every else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             ident = level[rows] == 1
             apply = self._apply(Hsub, ident, Hreg)
             HV = None
-            if self.reuse and bool(st.hv_ok[rows].all()):  # H V from the last update, I V at level SI
+            if self.reuse and hv_steer:  # H V from the last update, I V at level SI
                 HV = torch.where(bmask(ident, st.hv[rows]), _steer_cols(ev, rows), st.hv[rows])
             res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,
                         c_viol=o.steering_c_viol, c_mu=o.steering_c_mu, maxit=o.steering_maxit,
@@ -674,8 +678,10 @@ class _Solver:
 
         st = st._replace(status=status, level=new_level, rand_attempts=rand_attempts, ls_evals=ls_evals,
                          fn_evals=fn_evals, best=best, mf=mf, mu_lowest=mu_lowest)
-        if trial is None or not bool(ok.any()):
+        if trial is None:
             return st, ok
+        # the accept step runs under the mask even if no problem accepted (rare: every problem of
+        # the pass failed its line search), which saves a host read per pass
 
         # -- accept --------------------------------------------------------------------------------
         ev_new, viol_new = trial.payload
