@@ -8,7 +8,10 @@ one problem at once, the steps the serial search would try next if every one of 
 sufficient-decrease test (bisection towards the lower bracket end). The results are then consumed
 in order, exactly as one trial per round would consume them; the trials after the first one that
 changes the path are discarded and never counted or recorded. The search is therefore the same
-search, in fewer rounds, for a few extra evaluations. The width is bounded so that a round never
+search, in fewer rounds, for a few extra evaluations (bit for bit when the problem function's
+rows do not depend on the other rows of its call: a speculative round changes which rows share a
+call, and a dense layer's matrix product, for one, can round differently for a different row
+count). The width is bounded so that a round never
 evaluates more rows than the first round of the search did, and a step is only added where the
 measured failure rate of earlier trials says the serial search would reach it with probability at
 least ``speculate_min_use``.
@@ -137,7 +140,9 @@ class WeakWolfe:
         backtracking: value-only trials, Armijo only, halving from t0 (``is_backtrack_linesearch``).
         speculate: the most trial steps per problem in one round (module docstring); used only
             when the problem offers ``peek``/``record`` and allows it (``speculation``). 1: off.
-            The accepted steps, evaluation counts and records do not depend on it.
+            The accepted steps, evaluation counts and records do not depend on it when the
+            problem function's rows do not depend, to the bit, on the other rows of its call
+            (a dense layer's matrix product can round differently for different row counts).
         speculate_min_use: a round carries a problem's next trial step only if the serial search
             would reach it with at least this probability, estimated from the fraction of this
             object's past trials that failed sufficient decrease (none before 16 trials); 0: always
@@ -147,7 +152,8 @@ class WeakWolfe:
             speculation width then stays on the device and is read at most once per search, when
             a width above 1 is first possible), False copies the taken rows only, sized by one ``nonzero`` (fewer operations;
             a host sync on a GPU), None (default) True on a CUDA device, False on the CPU. The
-            accepted steps, points and counts do not depend on it.
+            accepted steps, points and counts do not depend on it (the speculation widths, and so
+            which rows share a call of the problem function, can: see ``speculate``).
 
     Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
     Math. Programming 141 (2013).

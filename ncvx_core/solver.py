@@ -272,6 +272,8 @@ class _Solver:
         self.qp = _WithFallback(get_qp_solver(qp if qp is not None else o.QPsolver))
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)
+        # masked copies instead of host-sized ones (docs/batching.md); the default: on CUDA devices
+        self.sync_free = o.sync_free if o.sync_free is not None else self.device.type != "cpu"
         self.hess_spec = hess
         if hess is not None:  # validate early; built in run() once the memory plan is known
             self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
@@ -447,7 +449,8 @@ class _Solver:
         for start in range(0, rows_all.numel(), chunk):
             rows = rows_all[start:start + chunk]
             orig = orig_idx[rows]  # positions in the full batch (the cache holds every problem)
-            nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist)
+            nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist,
+                              exact=self.sync_free)
             Hsub = st.H if rows.numel() == st.x.shape[0] else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             res = stationarity_qp(self._apply(Hsub, None, Hreg), self.cache, orig, nb, ev.ci[rows], ev.ce[rows],

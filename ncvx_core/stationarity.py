@@ -48,10 +48,11 @@ def init_cache(B: int, L: int, n: int, p: int, q: int, dtype: torch.dtype, devic
 
 # relative slack of the distance bounds: a slot whose bounds are within it of evaldist is measured
 _BOUND_SLACK = 1e-9
+_EXACT_BYTES = 1 << 27  # 128 MiB of point differences per block in cache_insert(exact=True)
 
 
 def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor,
-                 evaldist: float) -> Tensor:
+                 evaldist: float, *, exact: bool = False) -> Tensor:
     """Insert the new points of problems ``rows`` into the cache (in place) and return their
     neighbourhoods.
 
@@ -62,6 +63,9 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     measured exactly, so the stored points are read only where the answer is in doubt and the set is
     the exact one. ``x, g (k, n)``, ``Ji (k, p, n)``, ``Je (k, q, n)``; returns ``nb (k, L)`` bool.
     Only the inserted slots and the bounds are written: the cache is never copied.
+
+    ``exact=True`` measures every filled slot instead (reads the problems' whole point cache, no
+    host synchronisation; the neighbourhoods are the same): the solver's choice with ``sync_free``.
     """
     B, L, n = cache.X.shape
     slot = cache.next[rows]
@@ -70,13 +74,22 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     e = torch.linalg.vector_norm(x - cache.X[rows, last], dim=1).unsqueeze(1)  # (k, 1)
     lo = (cache.lo[rows] - e).clamp(min=0)
     hi = cache.hi[rows] + e
-    doubt = filled & (hi > evaldist * (1 - _BOUND_SLACK)) & (lo <= evaldist * (1 + _BOUND_SLACK))
-    pairs = torch.nonzero(doubt)  # one small host sync: sizes the exact measurements
-    if pairs.shape[0]:
-        r, j = pairs[:, 0], pairs[:, 1]
-        d = torch.linalg.vector_norm(x[r] - cache.X[rows[r], j], dim=1).to(lo.dtype)
-        lo[r, j] = d
-        hi[r, j] = d
+    if exact:
+        # (k, L) distances, a block of slots at a time so the differences stay under _EXACT_BYTES
+        k = rows.shape[0]
+        step = max(1, _EXACT_BYTES // max(1, k * n * x.element_size()))
+        d = torch.cat([torch.linalg.vector_norm(x.unsqueeze(1) - cache.X[rows, j:j + step], dim=2)
+                       for j in range(0, L, step)], dim=1).to(lo.dtype)
+        lo = torch.where(filled, d, lo)
+        hi = torch.where(filled, d, hi)
+    else:
+        doubt = filled & (hi > evaldist * (1 - _BOUND_SLACK)) & (lo <= evaldist * (1 + _BOUND_SLACK))
+        pairs = torch.nonzero(doubt)  # one small host sync: sizes the exact measurements
+        if pairs.shape[0]:
+            r, j = pairs[:, 0], pairs[:, 1]
+            d = torch.linalg.vector_norm(x[r] - cache.X[rows[r], j], dim=1).to(lo.dtype)
+            lo[r, j] = d
+            hi[r, j] = d
     # (k, L); a comparison, not one_hot, which reads the index range back to the host
     onehot = torch.arange(L, device=slot.device) == slot.unsqueeze(1)
     nb = (filled & (hi <= evaldist) & ~onehot) | onehot
