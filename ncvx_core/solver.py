@@ -179,8 +179,12 @@ def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: 
 
 
 def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
-                    mu: Tensor, constrained: bool) -> tuple[Record, Record]:
-    """Update the best / most-feasible records of problems ``rows`` with new evaluations."""
+                    mu: Tensor, constrained: bool, sync_free: bool = True) -> tuple[Record, Record]:
+    """Update the best / most-feasible records of problems ``rows`` (unique) with new evaluations.
+
+    ``sync_free``: rewrite every row of ``rows`` under the masks (no host read); else copy only the
+    improved rows, sized by one ``nonzero`` (fewer operations when few rows improve, as in most
+    line-search rounds). The records are the same either way."""
     new = Record(x, ev.f, ev.ci, ev.ce, viol.tvi, viol.tve, viol.tv, viol.feasible, mu, torch.ones_like(viol.feasible))
     f = ev.f
     ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
@@ -192,12 +196,21 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
         better_b = ok & (f < best.f[rows])
         better_mf = ok & (f < mf.f[rows])
 
-    # in place: the record tensors belong to the solver state being stepped. Every row of the round
-    # is rewritten (its old value where it did not improve): integer indices and masks, no host
-    # sync (boolean indexing, or a nonzero to size the copy, would be one)
-    for rec, better in ((best, better_b), (mf, better_mf)):
-        for full, part in zip(rec, new):
-            full[rows] = torch.where(bmask(better, part), part.to(full.dtype), full[rows])
+    # in place: the record tensors belong to the solver state being stepped; integer indices and
+    # masks, never boolean indexing (one host sync per field on a GPU)
+    if sync_free:  # every row of the round rewritten, its old value where it did not improve
+        for rec, better in ((best, better_b), (mf, better_mf)):
+            for full, part in zip(rec, new):
+                full[rows] = torch.where(bmask(better, part), part.to(full.dtype), full[rows])
+        return best, mf
+    bi = (better_b | better_mf).nonzero().squeeze(1)  # one host sync sizes the copy for both records
+    if bi.numel():
+        sel = rows[bi]
+        for rec, better in ((best, better_b), (mf, better_mf)):
+            m = better[bi]
+            for full, part in zip(rec, new):
+                p = part[bi]
+                full[sel] = torch.where(bmask(m, p), p.to(full.dtype), full[sel])
     return best, mf
 
 
@@ -592,7 +605,7 @@ class _Solver:
             def record(trial: Trial, rows: Tensor) -> None:
                 e, v = trial.payload
                 records[0], records[1] = _update_records(records[0], records[1], rows, trial.x, e, v, mu_cur[rows],
-                                                         constrained)
+                                                         constrained, self.sync_free)
 
             def evaluate(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
                 trial = peek(xr, rows, grad)
