@@ -287,6 +287,10 @@ class _Solver:
                         LineSearch)
         # masked copies instead of host-sized ones (docs/batching.md); the default: on CUDA devices
         self.sync_free = o.sync_free if o.sync_free is not None else self.device.type != "cpu"
+        if self.sync_free:  # the interior-point solvers made here from a name read the host less often
+            self.qp.check_every = 2
+            if isinstance(qp if qp is not None else o.QPsolver, str):
+                _check_every(self.qp.solver, 2)
         self.hess_spec = hess
         if hess is not None:  # validate early; built in run() once the memory plan is known
             self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
@@ -775,6 +779,17 @@ class _Solver:
         return res
 
 
+def _check_every(solver: Any, k: int) -> None:
+    """Set the host-read interval of the interior-point solver(s) of a QP solver made from a name
+    (``"ipm"``, or ``"auto"``'s)."""
+    from .qp.ipm import IPMQPSolver
+    from .qp.registry import AutoQPSolver
+
+    for s in (solver, getattr(solver, "ipm", None) if isinstance(solver, AutoQPSolver) else None):
+        if isinstance(s, IPMQPSolver):
+            s.check_every = k
+
+
 class _WithFallback:
     """Sends the QPs a chosen solver does not support (``supports() is False``, e.g. the
     stationarity QP's equality for ``"enum"``) to the interior-point solver."""
@@ -784,6 +799,7 @@ class _WithFallback:
         self.name = solver.name
         self._ipm: QPSolver | None = None
         self._warned = False
+        self.check_every = 1  # for the fallback interior-point solver it makes
 
     def supports(self, qp: Any) -> bool:
         return True
@@ -793,6 +809,7 @@ class _WithFallback:
             return self.solver.solve(qp, **kw)
         if self._ipm is None:
             self._ipm = get_qp_solver("ipm")
+            _check_every(self._ipm, self.check_every)
         if not self._warned:
             logger.info("QP solver %r does not support a QP of size %d%s; using 'ipm' for it", self.name, qp.m,
                         " with an equality" if qp.eq_mask is not None else "")

@@ -277,6 +277,23 @@ def test_compaction_does_not_change_results() -> None:
     assert torch.equal(a.iters, b.iters)
 
 
+def test_host_read_interval_does_not_change_results() -> None:
+    """check_every > 1 reads the running count less often; converged problems stay frozen in
+    between, so solutions and iteration counts are those of check_every = 1."""
+    rng = np.random.default_rng(12)
+    probs = [termination_np(rng, l=8, p=1, n=6, log_cond=4.0, r=1.0, pieces=2,
+                            noise=10.0 ** -k, redundant_hi=False) for k in range(8)]
+    qp = to_boxqp(probs)
+    a = IPMQPSolver().solve(qp)
+    assert int(a.iters.max()) > int(a.iters.min())  # problems converge at different iterations
+    for k in (2, 3):
+        b = IPMQPSolver(check_every=k).solve(qp)
+        assert torch.allclose(a.w, b.w, rtol=0, atol=1e-12), k
+        assert torch.equal(a.iters, b.iters) and torch.equal(a.status, b.status), k
+    with pytest.raises(ValueError, match="check_every must be an int >= 1, got 0"):
+        IPMQPSolver(check_every=0)
+
+
 @pytest.mark.parametrize("where", ["Q", "q", "Qinf"])
 @pytest.mark.parametrize("solver_name", ["enum", "ipm", "auto"])
 def test_nan_isolation(where: str, solver_name: str) -> None:
