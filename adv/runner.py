@@ -77,7 +77,8 @@ from ncvx_core.utils import tree_rows
 
 __all__ = [
     "RunOutput", "CheckContext", "default_solver_options", "run_max_loss", "run_min_distortion",
-    "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "model_dtype", "adapt_distance", "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
+    "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "model_dtype", "adapt_distance",
+    "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
     "DEFAULT_LINESEARCH_MAXIT", "DEFAULT_NGRAD",
 ]
 

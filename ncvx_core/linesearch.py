@@ -11,10 +11,9 @@ changes the path are discarded and never counted or recorded. The search is ther
 search, in fewer rounds, for a few extra evaluations (bit for bit when the problem function's
 rows do not depend on the other rows of its call: a speculative round changes which rows share a
 call, and a dense layer's matrix product, for one, can round differently for a different row
-count). The width is bounded so that a round never
-evaluates more rows than the first round of the search did, and a step is only added where the
-measured failure rate of earlier trials says the serial search would reach it with probability at
-least ``speculate_min_use``.
+count). The width is bounded so that a round never evaluates more rows than the first round of
+the search did, and a step is only added where the measured failure rate of earlier trials says
+the serial search would reach it with probability at least ``speculate_min_use``.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .utils import tree_map, tree_put, tree_rows, tree_where
+from .utils import sync_free_on, tree_map, tree_put, tree_rows, tree_where
 
 __all__ = [
     "LS_OK",
@@ -150,10 +149,11 @@ class WeakWolfe:
         sync_free: how a round copies the trials it takes into the search's points: True rewrites
             every row of the round under a mask (no host synchronisation; the failure count for the
             speculation width then stays on the device and is read at most once per search, when
-            a width above 1 is first possible), False copies the taken rows only, sized by one ``nonzero`` (fewer operations;
-            a host sync on a GPU), None (default) True on a CUDA device, False on the CPU. The
-            accepted steps, points and counts do not depend on it (the speculation widths, and so
-            which rows share a call of the problem function, can: see ``speculate``).
+            a width above 1 is first possible), False copies the taken rows only, sized by one
+            ``nonzero`` (fewer operations; a host sync on a GPU), None (default) True on a CUDA
+            device, False on the CPU. The accepted steps, points and counts do not depend on it
+            (the speculation widths, and so which rows share a call of the problem function, can:
+            see ``speculate``).
 
     Reference: A. S. Lewis and M. L. Overton, Nonsmooth optimization via quasi-Newton methods,
     Math. Programming 141 (2013).
@@ -274,7 +274,7 @@ class WeakWolfe:
                 alpha = alpha.index_copy(0, rows, t_ret[rows])
             status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
-        status = torch.where(active, status, torch.full((), LS_OK, dtype=torch.int8, device=dev))
+        status = status.masked_fill(~active, LS_OK)
         return LineSearchResult(alpha, best, status, evals)
 
     # speculation width: a trial step is added to a problem's round only while the chance that the
@@ -347,7 +347,7 @@ class WeakWolfe:
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
             ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
-        elif self.sync_free if self.sync_free is not None else rows.device.type != "cpu":
+        elif sync_free_on(self.sync_free, rows.device):
             # every row of the round is rewritten (its old point where the trial is not taken):
             # integer indices and masks, no host sync
             tree_put(ls.best, rows, tree_where(take, trial, tree_rows(ls.best, rows)))

@@ -35,11 +35,13 @@ from .penalty import Violation, violation
 from .problem import Evaluation, Evaluator
 from .progress import IterationPrinter
 from .qp import QPSolver, get_qp_solver
+from .qp.ipm import IPMQPSolver
+from .qp.registry import AutoQPSolver
 from .result import Iterate, SolveResult
 from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, bmm, tree_put, tree_rows, tree_where
+from .utils import bmask, bmm, sync_free_on, tree_map, tree_put, tree_rows, tree_where
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -173,9 +175,9 @@ def _gphi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
     return mu.unsqueeze(1) * ev.g + viol.gv1
 
 
-def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> Record:
-    return Record(x.clone(), ev.f.clone(), ev.ci.clone(), ev.ce.clone(), viol.tvi.clone(), viol.tve.clone(),
-                  viol.tv.clone(), viol.feasible.clone(), mu.clone(), found.clone())
+def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor, copy: bool = True) -> Record:
+    rec = Record(x, ev.f, ev.ci, ev.ce, viol.tvi, viol.tve, viol.tv, viol.feasible, mu, found)
+    return tree_map(torch.clone, rec) if copy else rec
 
 
 def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
@@ -185,7 +187,7 @@ def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evalu
     ``sync_free``: rewrite every row of ``rows`` under the masks (no host read); else copy only the
     improved rows, sized by one ``nonzero`` (fewer operations when few rows improve, as in most
     line-search rounds). The records are the same either way."""
-    new = Record(x, ev.f, ev.ci, ev.ce, viol.tvi, viol.tve, viol.tv, viol.feasible, mu, torch.ones_like(viol.feasible))
+    new = _record_from(x, ev, viol, mu, torch.ones_like(viol.feasible), copy=False)  # read only
     f = ev.f
     ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
     if constrained:
@@ -286,7 +288,7 @@ class _Solver:
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)
         # masked copies instead of host-sized ones (docs/batching.md); the default: on CUDA devices
-        self.sync_free = o.sync_free if o.sync_free is not None else self.device.type != "cpu"
+        self.sync_free = sync_free_on(o.sync_free, self.device)
         if self.sync_free:  # the interior-point solvers made here from a name read the host less often
             self.qp.check_every = 2
             if isinstance(qp if qp is not None else o.QPsolver, str):
@@ -388,9 +390,7 @@ class _Solver:
         st = st._replace(status=self._converged(st, updated, torch.full((B,), math.inf, dtype=self.dtype,
                                                                              device=self.device)))
         st = self._halt(st, updated)
-        st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
-                                            torch.full((), int(Status.MAXIT), dtype=torch.int16, device=self.device),
-                                            st.status))
+        st = self._maxit(st)
         if self.printer is not None:
             self.printer.header(self.constrained, self.p, self.q)
             self.printer.row(st, updated, first=True)
@@ -412,16 +412,18 @@ class _Solver:
             st = self._halt(st, acc_full)
             # wall clock (checked after accepted steps), then maxit
             if o.maxclocktime < math.inf and time.monotonic() - self.t_start > o.maxclocktime:
-                st = st._replace(status=torch.where((st.status == RUNNING) & acc_full,
-                                                    torch.full((), int(Status.MAXCLOCKTIME), dtype=torch.int16,
-                                                                 device=self.device), st.status))
-            st = st._replace(status=torch.where((st.status == RUNNING) & (st.iters >= o.maxit),
-                                                torch.full((), int(Status.MAXIT), dtype=torch.int16, device=self.device),
-                                                st.status))
+                st = st._replace(status=st.status.masked_fill((st.status == RUNNING) & acc_full,
+                                                              int(Status.MAXCLOCKTIME)))
+            st = self._maxit(st)
             passes += 1
             if self.printer is not None:
                 self.printer.row(st, acc_full)
         return self._result(st)
+
+    def _maxit(self, st: State) -> State:
+        """Code 4 for the running problems that have reached ``maxit`` iterations."""
+        return st._replace(status=st.status.masked_fill((st.status == RUNNING) & (st.iters >= self.o.maxit),
+                                                        int(Status.MAXIT)))
 
     # ------------------------------------------------------------------------------------------
     def _apply(self, Hstate: Any, identity: Tensor | None = None, Hreg: Tensor | None = None) -> Callable[..., Tensor]:
@@ -459,7 +461,7 @@ class _Solver:
         need = mask & ~smooth
         stat = torch.where(mask & smooth, gnorm, st.stat)
         n_grads = torch.where(mask & smooth, 1, st.n_grads)
-        fb = torch.where(mask & smooth, torch.full((), 0, dtype=torch.int8, device=self.device), st.stat_fallback)
+        fb = st.stat_fallback.masked_fill(mask & smooth, 0)
         rows_all = torch.nonzero(need).flatten()
         chunk = max(1, self.plan.chunk)
         ev = st.ev
@@ -486,7 +488,7 @@ class _Solver:
         code1 = run & ~code0 & (rel_diff <= o.rel_tol)
         code2 = run & ~code0 & ~code1 & (st.ev.f <= o.fvalquit)
         for m, c in ((code0, 0), (code1, 1), (code2, 2)):
-            status = torch.where(m, torch.full((), c, dtype=torch.int16, device=self.device), status)
+            status = status.masked_fill(m, c)
         return status
 
     def _halt(self, st: State, updated: Tensor) -> State:
@@ -506,8 +508,7 @@ class _Solver:
                 f"halt_log_fn must return None or a bool tensor of shape ({self.B},), got "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
         halt = out.to(device=self.device).bool() & updated & (st.status == RUNNING)
-        return st._replace(status=torch.where(halt, torch.full((), int(Status.USER_HALT), dtype=torch.int16,
-                                                                  device=self.device), st.status))
+        return st._replace(status=st.status.masked_fill(halt, int(Status.USER_HALT)))
 
     # ------------------------------------------------------------------------------------------
     def _directions(self, st: State, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -657,8 +658,7 @@ class _Solver:
             ls_status = res.status
             t = res.t
             trial = res.trial
-        ls_status = torch.where(nondescent_search & ~descent & (ls_status != LS_OK),
-                                torch.full((), LS_NONDESCENT, dtype=torch.int8, device=dev), ls_status)
+        ls_status = ls_status.masked_fill(nondescent_search & ~descent & (ls_status != LS_OK), LS_NONDESCENT)
 
         # -- outcomes ----------------------------------------------------------------------------
         level = st.level
@@ -782,9 +782,6 @@ class _Solver:
 def _check_every(solver: Any, k: int) -> None:
     """Set the host-read interval of the interior-point solver(s) of a QP solver made from a name
     (``"ipm"``, or ``"auto"``'s)."""
-    from .qp.ipm import IPMQPSolver
-    from .qp.registry import AutoQPSolver
-
     for s in (solver, getattr(solver, "ipm", None) if isinstance(solver, AutoQPSolver) else None):
         if isinstance(s, IPMQPSolver):
             s.check_every = k

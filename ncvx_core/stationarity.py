@@ -67,6 +67,8 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     ``exact=True`` measures every filled slot instead (reads the problems' whole point cache, no
     host synchronisation; the neighbourhoods are the same): the solver's choice with ``sync_free``.
     """
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
     B, L, n = cache.X.shape
     slot = cache.next[rows]
     last = torch.remainder(slot - 1, L)
@@ -231,7 +233,7 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
     if bool(need.any()):
         z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
         z = torch.where(bmask(ok1, z), z, z2)
-        fallback = torch.where(~ok1 & ok2, torch.full((), 2, dtype=torch.int8, device=dev), fallback)
+        fallback = fallback.masked_fill(~ok1 & ok2, 2)
     dvec = -bmm(HM64, z.unsqueeze(2)).squeeze(2)
     stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
     stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)

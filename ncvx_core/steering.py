@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .qp import BoxQP, QPSolver, QPStatus
-from .utils import bmm
+from .utils import bmm, device_constant
 
 __all__ = ["SteeringResult", "steer"]
 
@@ -24,19 +24,6 @@ class SteeringResult(NamedTuple):
     d: Tensor
     mu: Tensor
     qp_failed: Tensor
-
-
-_POWERS: dict[tuple[float, int, str], Tensor] = {}
-
-
-def _powers(c: float, K: int, device: torch.device) -> Tensor:
-    """``(c, c^2, ..., c^K)`` float64 on ``device``, built once per process (a tensor made from host
-    numbers is a blocking host-to-device copy on a CUDA device)."""
-    key = (float(c), int(K), str(device))
-    t = _POWERS.get(key)
-    if t is None:
-        t = _POWERS[key] = torch.tensor([c**j for j in range(1, K + 1)], dtype=torch.float64, device=device)
-    return t
 
 
 def steer(
@@ -89,7 +76,9 @@ def steer(
 
     K = maxit
     mu64 = mu.double()
-    powers = _powers(c_mu, K, g.device)
+    powers = device_constant(("steering_powers", float(c_mu), K), g.device,  # (c_mu, ..., c_mu^K)
+                             lambda dev: torch.tensor([c_mu**j for j in range(1, K + 1)], dtype=torch.float64,
+                                                      device=dev))
     cands = torch.cat([mu64.unsqueeze(1), torch.zeros_like(mu64).unsqueeze(1), mu64.unsqueeze(1) * powers], dim=1)
     J = cands.shape[1]  # K + 2
     lin = cands.unsqueeze(2) * r.unsqueeze(1) - c.unsqueeze(1)  # (k, J, mc)

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["tree_map", "tree_rows", "tree_put", "tree_where", "tree_scatter", "bmask", "bmm", "bmv"]
+__all__ = ["tree_map", "tree_rows", "tree_put", "tree_where", "tree_scatter", "bmask", "bmm", "bmv",
+           "device_constant", "sync_free_on"]
 
 
 def _is_namedtuple(obj: Any) -> bool:
@@ -83,3 +84,25 @@ def bmv(a: Tensor, x: Tensor) -> Tensor:
     right-hand columns so that the rounding does not depend on the batch size (see :func:`bmm`)."""
     cols = torch.stack([x, torch.zeros_like(x)], dim=-1)
     return torch.matmul(a, cols)[..., 0]
+
+
+_CONSTANTS: dict[tuple[Any, str], Tensor] = {}
+
+
+def device_constant(key: Any, device: torch.device | str, build: Callable[[torch.device], Tensor]) -> Tensor:
+    """The constant tensor ``build(device)`` (a table of host numbers), made once per process and
+    device: a tensor made from host numbers is a blocking host-to-device copy on a CUDA device.
+    ``key`` names the table (hashable); the result must not be written to."""
+    dev = torch.device(device)
+    k = (key, str(dev))
+    t = _CONSTANTS.get(k)
+    if t is None:
+        t = _CONSTANTS[k] = build(dev)
+    return t
+
+
+def sync_free_on(flag: bool | None, device: torch.device) -> bool:
+    """Whether to work under masks instead of host-sized copies (option ``sync_free``): ``flag``,
+    or for None, whether ``device`` is not the CPU (where the host-sized copies are cheaper and a
+    host read costs nothing)."""
+    return flag if flag is not None else device.type != "cpu"

@@ -59,3 +59,11 @@ def test_exact_measurement_in_blocks_gives_the_same_cache(monkeypatch: pytest.Mo
         outs.append((torch.stack(nbs), cache.lo.clone(), cache.hi.clone()))
     assert outs[0][0].any() and not outs[0][0].all()  # the walk has points both in and out
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_exact_must_be_a_bool() -> None:
+    cache = init_cache(1, 2, 2, 0, 0, torch.float64, torch.device("cpu"))
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="exact must be a bool, got str"):
+        cache_insert(cache, torch.arange(1), x, x, torch.zeros(1, 0, 2, dtype=torch.float64),
+                     torch.zeros(1, 0, 2, dtype=torch.float64), 1e-4, exact="yes")  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import Tensor
 
-from ..utils import bmv
+from ..utils import bmv, device_constant
 from .base import (
     INACCURATE_KKT,
     BoxQP,
@@ -44,18 +44,11 @@ _SIGN_TOL = 1e-8
 _TIE_TOL = 1e-12
 _DET_TOL = 1e-13  # relative (to Hadamard's bound) determinant below which a face block is singular
 
-_FACE_CACHE: dict[tuple[int, str], Tensor] = {}
-
-
 def _faces(m: int, device: torch.device) -> Tensor:
     """(3^m, m) int8 face codes: 0 = at lower bound, 1 = at upper bound, 2 = free."""
-    key = (m, str(device))
-    f = _FACE_CACHE.get(key)
-    if f is None:
-        rows = list(itertools.product((0, 1, 2), repeat=m))
-        f = torch.tensor(rows, dtype=torch.int8, device=device).reshape(len(rows), m)
-        _FACE_CACHE[key] = f
-    return f
+    rows = lambda dev: torch.tensor(list(itertools.product((0, 1, 2), repeat=m)),  # noqa: E731
+                                    dtype=torch.int8, device=dev).reshape(3**m, m)
+    return device_constant(("enum_faces", m), device, rows)
 
 
 class EnumQPSolver:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..utils import bmv
+from ..utils import bmv, device_constant
 from .base import (
     BoxQP,
     Canonical,
@@ -55,6 +55,9 @@ from .base import (
 )
 
 __all__ = ["IPMQPSolver"]
+
+# step fractions tried by the wide-neighbourhood backtracking (IPMQPSolver._neighborhood)
+_FRACTIONS = (1.0, 0.8, 0.6, 0.4, 0.25, 0.1)
 
 logger = logging.getLogger("ncvx_core.qp")
 
@@ -159,17 +162,6 @@ class IPMQPSolver:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
         self.check_every = check_every
-        self._fractions = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.25, 0.1], dtype=torch.float64)
-        self._fractions_at: dict[tuple[str, torch.dtype], Tensor] = {}
-
-    def _fractions_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """The step fractions on ``device``, copied there once per solver object (a host-to-device
-        copy blocks the host on a CUDA device)."""
-        key = (str(device), dtype)
-        f = self._fractions_at.get(key)
-        if f is None:
-            f = self._fractions_at[key] = self._fractions.to(device=device, dtype=dtype)
-        return f
 
     def supports(self, qp: BoxQP) -> bool:
         """The IPM handles every problem of the type."""
@@ -238,7 +230,8 @@ class IPMQPSolver:
             ITERS[w.idx] = w.iters
             CONV[w.idx] = w.conv
 
-        frac = self._fractions_on(dev, dt)
+        frac = device_constant(("ipm_fractions", dt), dev,
+                               lambda d: torch.tensor(_FRACTIONS, dtype=dt, device=d))
         step_no = 0
         while True:
             u, z, y, nu = W.u, W.z, W.y, W.nu

@@ -7,9 +7,9 @@ operations that need one are visible at the dispatcher on every device: reading 
 direction blocks too: a tensor made from host numbers (``torch.tensor(3, device=dev)``, or a CPU
 ``torch.tensor(3)`` mixed into an operation on device tensors) is a blocking host-to-device copy,
 seen as a call of ``torch.tensor`` or ``torch.as_tensor`` on host data. (``t[idx] = 3`` is not one:
-on a CUDA tensor the scalar is filled in on the device.) :class:`SyncCounter` counts them under a ``TorchDispatchMode`` (plus ``.tolist()``, ``.numpy()`` and
-``.cpu()``, seen by a ``TorchFunctionMode``), so sync budgets can be checked and
-measured on a CPU-only machine (``tests/test_host_sync.py``, ``benchmarks/bench_host_sync.py``).
+on a CUDA tensor the scalar is filled in on the device.) :class:`SyncCounter` counts them under a
+``TorchDispatchMode`` (plus ``.tolist()``, ``.numpy()``, ``.cpu()`` and the host-data factories,
+seen by a ``TorchFunctionMode``), so sync budgets can be checked and measured on a CPU-only machine (``tests/test_host_sync.py``, ``benchmarks/bench_host_sync.py``).
 It is a diagnostic: dispatch modes slow every operation down.
 """
 
