@@ -80,16 +80,19 @@ def test_line_search_rounds_and_records_do_not_sync():
         with no_sync():
             return orig_records(*args)
 
-    def fn(x):
-        return (x - 1).abs().sum(1), torch.stack([x.sum(1) - 1, -0.5 - x[:, 0]], 1), None
+    def fn(x):  # a nonsmooth Rosenbrock chain with two inequalities: no start converges in 10 iterations
+        f = (8 * (x[:, :-1] ** 2 - x[:, 1:]).abs() + (1 - x[:, :-1]) ** 2).sum(1)
+        return f, torch.stack([x.sum(1) - 1, -0.5 - x[:, 0]], 1), None
 
+    x0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).cuda()
     L.WeakWolfe._consume, S._update_records = consume, records
     try:
-        res = solve(fn, torch.randn(6, 4, device="cuda", dtype=torch.float64), SolverOptions(maxit=10, print_level=0))
+        res = solve(fn, x0, SolverOptions(maxit=10, print_level=0))
     finally:
         L.WeakWolfe._consume, S._update_records = orig_consume, orig_records
-    assert calls["consume"] > 5 and calls["records"] > 5
-    assert int(res.iters.max()) > 2
+    # every problem runs all 10 iterations (on the CPU: 52 rounds consumed, status 4 for all six)
+    assert int(res.iters.min()) == 10
+    assert calls["consume"] >= 10 and calls["records"] >= 10
 
 
 @pytest.mark.xfail(strict=True, reason="a whole iteration still has host syncs (compaction, QP working sets, "

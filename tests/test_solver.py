@@ -1418,10 +1418,18 @@ def test_cuda_batch_invariance():
 
     xstar = c - (c.sum(1, keepdim=True) - 1) / c.shape[1]
     x0 = torch.zeros(3, 4, dtype=DT, device="cuda")
-    assert torch.allclose(solve(projection(c), x0, opts()).best.x, xstar, atol=1e-6)
+
+    def check(res: SolveResult, xs: Tensor) -> None:
+        # the distance to x* is not bounded by opt_tol: the batched run above ends on the CPU
+        # at 9.4e-8 (code 6, no line-search progress), 2.2e-16 and 3.0e-7 (code 0) from x*, and a
+        # device that rounds differently stops at other such points (1e-6 failed on an H200)
+        err = float((res.best.x - xs).abs().max())
+        assert set(res.status.tolist()) <= {0, 6} and err < 1e-5, (err, res.status.tolist())
+        assert float((res.best.x.sum(1) - 1).max()) <= 1e-8
+
+    check(solve(projection(c), x0, opts()), xstar)
     for b in range(3):
-        single = solve(projection(c[b : b + 1]), x0[b : b + 1], opts())
-        assert torch.allclose(single.best.x, xstar[b : b + 1], atol=1e-6)
+        check(solve(projection(c[b : b + 1]), x0[b : b + 1], opts()), xstar[b : b + 1])
     xa = a1_x0(3).cuda()
     assert_near_a1_optimum(solve(a1, xa, opts()))
     for b in range(3):
