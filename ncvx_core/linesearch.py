@@ -78,6 +78,7 @@ class LineSearchProblem:
             trial it takes on its path, in order, and may evaluate trials it then discards.
         record: see ``peek``.
         speculation: the most trial steps per problem one ``peek`` call may carry (1: none).
+        t_init: optional ``(k,)`` first trial step per problem (None: the line search's own ``t0``).
     """
 
     start: Trial
@@ -86,6 +87,7 @@ class LineSearchProblem:
     peek: Callable[[Tensor, Tensor, bool], Trial] | None = None
     record: Callable[[Trial, Tensor], None] | None = None
     speculation: int = 1
+    t_init: Tensor | None = None
 
 
 class LineSearchResult(NamedTuple):
@@ -125,6 +127,7 @@ class _State:
     status: Tensor
     searching: Tensor
     done_ok: Tensor
+    alpha_ok: Tensor  # the lower bracket end satisfies the weak Wolfe conditions (extrapolation)
     best: Any
     last_value_trial_t: Tensor
 
@@ -146,6 +149,14 @@ class WeakWolfe:
             would reach it with at least this probability, estimated from the fraction of this
             object's past trials that failed sufficient decrease (none before 16 trials); 0: always
             the most steps ``speculate`` and the row bound allow.
+        extrapolate: a trial that satisfies the weak Wolfe conditions at a step below ``t0``
+            before any trial failed sufficient decrease is not accepted at once: the step doubles
+            (capped at ``t0``) while the conditions hold, and the search returns the largest step
+            that satisfied them (the lower bracket end when the next doubling fails sufficient
+            decrease; a doubling that only fails the curvature condition continues as a normal
+            expansion). With a start below ``t0`` (``LineSearchProblem.t_init``) the search then
+            lands near the step the search from ``t0`` would find by bisection, in fewer trials
+            when the start is close. False (default): GRANSO's search.
         sync_free: how a round copies the trials it takes into the search's points: True rewrites
             every row of the round under a mask (no host synchronisation; the failure count for the
             speculation width then stays on the device and is read at most once per search, when
@@ -163,7 +174,7 @@ class WeakWolfe:
 
     def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
                  backtracking: bool = False, speculate: int = 1, speculate_min_use: float = 0.5,
-                 sync_free: bool | None = None) -> None:
+                 sync_free: bool | None = None, extrapolate: bool = False) -> None:
         if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
             raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
         if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 1:
@@ -177,6 +188,11 @@ class WeakWolfe:
         if sync_free is not None and not isinstance(sync_free, bool):
             raise ValueError(f"sync_free must be None or a bool, got {sync_free!r}")
         self.sync_free = sync_free
+        if not isinstance(extrapolate, bool):
+            raise ValueError(f"extrapolate must be a bool, got {extrapolate!r}")
+        if extrapolate and backtracking:
+            raise ValueError("extrapolate needs the weak Wolfe search (backtracking=False)")
+        self.extrapolate = extrapolate
         # decayed counts of past trials that failed sufficient decrease (a host float; a 0-d
         # tensor on the trials' device for value-only trials, see _observe) and of all past trials
         self._n_fail: Tensor | float = 0.0
@@ -197,12 +213,14 @@ class WeakWolfe:
         ls = _State(
             alpha=torch.zeros(k, dtype=dt, device=dev),
             beta=torch.full((k,), math.inf, dtype=dt, device=dev),
-            t=torch.full((k,), self.t0, dtype=dt, device=dev),
+            t=(torch.full((k,), self.t0, dtype=dt, device=dev) if prob.t_init is None
+               else prob.t_init.to(dtype=dt, device=dev).clone()),
             nexp=torch.zeros(k, dtype=torch.long, device=dev),
             evals=torch.zeros(k, dtype=torch.int32, device=dev),
             status=torch.full((k,), LS_OK, dtype=torch.int8, device=dev),
             searching=active.clone(),
             done_ok=torch.zeros(k, dtype=torch.bool, device=dev),
+            alpha_ok=torch.zeros(k, dtype=torch.bool, device=dev),
             best=tree_map(torch.clone, start),  # the returned point: lower bracket end, or the accepted trial
             last_value_trial_t=torch.zeros(k, dtype=dt, device=dev),
         )
@@ -340,9 +358,15 @@ class WeakWolfe:
             gtd = _dot(trial.gphi, d[rows])
             curv_fail = ~(gtd > self.c2 * s0[rows])  # NaN fails
         ok = quit_ | (~armijo_fail & ~curv_fail)
+        if self.extrapolate:
+            # a Wolfe step below t0 with no failed trial yet (beta = inf) grows; a failure of
+            # sufficient decrease above a Wolfe step returns that step (the lower bracket end)
+            grow = ok & ~quit_ & torch.isinf(ls.beta[rows]) & (tr < self.t0)
+            back = armijo_fail & ~quit_ & ls.alpha_ok[rows]
+            ok = (ok & ~grow) | back
         raise_alpha = ~ok & ~armijo_fail & curv_fail
         lower_beta = ~ok & armijo_fail
-        take = ok | raise_alpha
+        take = (ok & ~back) | raise_alpha | grow if self.extrapolate else ok | raise_alpha
         n_failed: int | None = None
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
@@ -357,6 +381,8 @@ class WeakWolfe:
             if ti.numel():
                 tree_put(ls.best, rows[ti], tree_rows(trial, ti))
         ls.alpha = ls.alpha.index_copy(0, rows, torch.where(take, tr, ls.alpha[rows]))
+        if self.extrapolate:
+            ls.alpha_ok = ls.alpha_ok.index_copy(0, rows, torch.where(take, grow, ls.alpha_ok[rows]))
         ls.beta = ls.beta.index_copy(0, rows, torch.where(lower_beta, tr, ls.beta[rows]))
         ls.done_ok = ls.done_ok.index_copy(0, rows, ok)
         ls.searching = ls.searching.index_copy(0, rows, ~ok)
@@ -365,9 +391,15 @@ class WeakWolfe:
         bracketed = torch.isfinite(b_r)
         can_expand = ~bracketed & (ne_r < nexpmax[rows])
         t_next = torch.where(bracketed, 0.5 * (a_r + b_r), 2.0 * a_r)
+        if self.extrapolate:
+            t_next = torch.where(grow, torch.clamp(2.0 * tr, max=self.t0), t_next)
+            expand = can_expand & ~ok & ~grow
+            give_up = ~ok & ~grow & ~bracketed & ~can_expand
+        else:
+            expand = can_expand & ~ok
+            give_up = ~ok & ~bracketed & ~can_expand
         ls.t = ls.t.index_copy(0, rows, torch.where(ok, tr, t_next))
-        ls.nexp = ls.nexp.index_copy(0, rows, ne_r + (can_expand & ~ok).long())
-        give_up = ~ok & ~bracketed & ~can_expand
+        ls.nexp = ls.nexp.index_copy(0, rows, ne_r + expand.long())
         ls.status = ls.status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, ls.status[rows]).to(torch.int8))
         ls.searching = ls.searching.index_copy(0, rows, ls.searching[rows] & ~give_up)
         return lower_beta, n_failed

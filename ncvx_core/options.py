@@ -82,6 +82,7 @@ class SolverOptions:
     init_step_size: float = 1.0
     is_backtrack_linesearch: bool = False
     linesearch_speculation: int = 8
+    linesearch_previous_step: bool = False
     search_direction_rescaling: bool = False
     disable_terminationcode_6: bool = False
     # --- precision / device / gradients -------------------------------------------------------
@@ -188,6 +189,10 @@ class SolverOptions:
         integer("linesearch_reattempts", 0)
         integer("linesearch_reattempts_x0", 0)
         integer("linesearch_speculation", 1)
+        if not isinstance(self.linesearch_previous_step, bool):
+            bad("linesearch_previous_step", "a bool")
+        if self.linesearch_previous_step and self.is_backtrack_linesearch:
+            bad("linesearch_previous_step", "False with is_backtrack_linesearch=True (it needs the weak Wolfe search)")
         if not 0 < num("linesearch_c_mu") < 1:
             bad("linesearch_c_mu", "in (0, 1)")
         if not 0 < num("linesearch_c_mu_x0") < 1:

@@ -126,7 +126,8 @@ class HaltInfo(NamedTuple):
 
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
     "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch,
-                                      o.linesearch_speculation, sync_free=o.sync_free),
+                                      o.linesearch_speculation, sync_free=o.sync_free,
+                                      extrapolate=o.linesearch_previous_step and not o.is_backtrack_linesearch),
     "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True,
                                         o.linesearch_speculation, sync_free=o.sync_free),
 }
@@ -590,6 +591,11 @@ class _Solver:
         user_error = torch.zeros(k, dtype=torch.bool, device=dev)
         evals_total = torch.zeros(k, dtype=torch.long, device=dev)
 
+        # linesearch_previous_step: each search starts at the problem's last accepted step (capped
+        # at init_step_size; init_step_size before the first accepted step)
+        t_init = (torch.where(st.alpha > 0, st.alpha.clamp(max=o.init_step_size), o.init_step_size)
+                  if o.linesearch_previous_step else None)
+
         def make_problem(mu_cur: Tensor, phi0: Tensor, g0: Tensor) -> LineSearchProblem:
             payload0 = (ev, viol)
             start = Trial(phi0, g0, viol.feasible, st.x, _Payload(*payload0))
@@ -620,7 +626,8 @@ class _Solver:
 
             # several trial steps of one problem in one call need a function that takes idx
             spec = o.linesearch_speculation if self.ev.accepts_idx else 1
-            return LineSearchProblem(start, evaluate, o.fvalquit, peek=peek, record=record, speculation=spec)
+            return LineSearchProblem(start, evaluate, o.fvalquit, peek=peek, record=record, speculation=spec,
+                                     t_init=t_init)
 
         try:
             res = self.ls.search(make_problem(mu_ls, phi_k, gphi_k), d, search, budget)

@@ -619,18 +619,22 @@ def quiet_setup(toy: Toy, x0, active, budget, fvalquit, speculation):
 @given(data=batches(kinds=KINDS + ["linear"], min_B=1, max_B=8), width=st.integers(2, 9),
        t0=st.sampled_from([1.0, 16.0, 1024.0]), backtracking=st.booleans(),
        budgets=st.lists(st.sampled_from([1, 2, 3, 7, math.inf]), min_size=8, max_size=8),
-       quit_=st.booleans())
-def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, backtracking, budgets, quit_):
+       quit_=st.booleans(), extrapolate=st.booleans())
+def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, backtracking, budgets, quit_,
+                                                             extrapolate):
     B, n, kinds, active, seed = data
     g = torch.Generator().manual_seed(seed)
     x0 = _x0(g, B, n)
     toy = make_toy(g, B, n, kinds, x0)
     budget = torch.tensor(budgets[:B], dtype=DT)
     fvalquit = float(toy.phi(x0, torch.arange(B)).min()) - 0.5 if quit_ else -math.inf
+    extrapolate = extrapolate and not backtracking
+    t_init = t0 * 2.0 ** -torch.randint(0, 12, (B,), generator=g).to(DT) if extrapolate else None
     out = {}
     for w in (1, width):
         rec, prob, d = quiet_setup(toy, x0, active, budget, fvalquit, speculation=9)
-        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w, speculate_min_use=0.0)
+        prob.t_init = t_init
+        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w, speculate_min_use=0.0, extrapolate=extrapolate)
         out[w] = (ls.search(prob, d, active, budget), rec)
     (r1, rec1), (rw, recw) = out[1], out[width]
     assert torch.equal(r1.t, rw.t)
@@ -716,3 +720,88 @@ def test_invalid_speculation_raises(bad):
         WeakWolfe(speculate=bad)
     with pytest.raises(ValueError, match="speculate_min_use"):
         WeakWolfe(speculate=2, speculate_min_use=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# extrapolation from a per-problem first step (linesearch_previous_step)
+def _trial_steps(S: Setup, b: int) -> list[float]:
+    """The steps of problem b's trials, in call order."""
+    out = []
+    for x, rows, _ in S.rec.calls:
+        hit = (rows == b).nonzero().flatten()
+        if hit.numel():
+            dx, dd = x[hit[0]] - S.x0[b], S.d[b]
+            out.append(float((dx * dd).sum() / (dd * dd).sum()))
+    return out
+
+
+@given(data=batches(), t0=st.sampled_from([1.0, 0.25, 3.0]))
+def test_extrapolation_without_a_first_step_is_the_plain_search(data, t0):
+    """From t0 no trial is below t0 before a failure, so extrapolation never applies."""
+    B, n, kinds, active, seed = data
+    out = []
+    for extrapolate in (False, True):
+        g = torch.Generator().manual_seed(seed)
+        x0 = _x0(g, B, n) * 0.3
+        S = setup(make_toy(g, B, n, kinds, x0), x0, active=active)
+        out.append(run(WeakWolfe(t0=t0, extrapolate=extrapolate), S))
+    assert torch.equal(out[0].t, out[1].t) and torch.equal(out[0].status, out[1].status)
+    assert torch.equal(out[0].evals, out[1].evals)
+
+
+@given(data=batches(), t0=st.sampled_from([1.0, 0.25, 3.0]), shift=st.integers(0, 14))
+def test_extrapolation_returns_a_wolfe_step_within_a_factor_2_of_the_largest(data, t0, shift):
+    """Started at t0 / 2**k, a successful search returns a weak Wolfe step t (check_basic) that is
+    t0 or has a trial in (t, 2t] that failed sufficient decrease: the bisection from t0 gives the
+    same guarantee, the plain search from a small first step does not (it accepts that step)."""
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n) * 0.3
+    toy = make_toy(g, B, n, kinds, x0)
+    S = setup(toy, x0, active=active)
+    k = (torch.arange(B) * 7 + shift) % 15
+    S.prob.t_init = t0 * 2.0 ** -k.to(DT)
+    ls = WeakWolfe(t0=t0, extrapolate=True)
+    res = run(ls, S)
+    ok = check_basic(S, res, ls)
+    check_calls(S, res)
+    s0 = _s0(S)
+    for b in ok.nonzero().flatten().tolist():
+        steps = _trial_steps(S, b)
+        assert math.isclose(steps[0], float(S.prob.t_init[b]), rel_tol=1e-12)  # the first trial: the given step
+        t = float(res.t[b])
+        if t >= t0:
+            continue
+        failed = []
+        for ts in steps:
+            if t < ts <= 2 * t * (1 + 1e-12):
+                xt = (S.x0[b] + ts * S.d[b]).unsqueeze(0)
+                phi = toy.phi(xt, torch.tensor([b]))
+                failed.append(not bool(phi < S.prob.start.phi[b] + ls.c1 * ts * s0[b]))
+        assert any(failed), (b, t, steps)
+
+
+def test_extrapolation_takes_fewer_trials_near_the_first_step():
+    """A quadratic along d with its minimiser at t = 0.3 (t0 = 1): from 1 the search bisects to
+    0.25 in 3 trials (1 and 0.5 fail sufficient decrease); from 0.25 the same step in 2 trials (0.5
+    fails sufficient decrease); from 0.01 it doubles to 0.32 and returns 0.32 (0.64 fails)."""
+    x0 = torch.zeros(3, 1, dtype=DT)
+    toy = make_toy(torch.Generator().manual_seed(0), 3, 1, ["quad"] * 3, x0)
+    toy.A[:] = 1.0
+    toy.b[:] = -0.3
+    toy.aff.zero_()
+    S = setup(toy, x0, d=torch.ones(3, 1, dtype=DT))
+    S.prob.t_init = torch.tensor([1.0, 0.25, 0.01], dtype=DT)
+    res = run(WeakWolfe(c1=0.25, c2=0.9, extrapolate=True), S)
+    assert res.t.tolist() == [0.25, 0.25, 0.32]
+    assert res.evals.tolist() == [3, 2, 7]
+    expected = [[1.0, 0.5, 0.25], [0.25, 0.5], [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64]]
+    for b in range(3):
+        assert _trial_steps(S, b) == pytest.approx(expected[b], rel=1e-12)
+
+
+def test_extrapolation_needs_the_weak_wolfe_search():
+    with pytest.raises(ValueError, match="extrapolate"):
+        WeakWolfe(backtracking=True, extrapolate=True)
+    with pytest.raises(ValueError, match="extrapolate"):
+        WeakWolfe(extrapolate=1)  # type: ignore[arg-type]

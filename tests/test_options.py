@@ -200,3 +200,11 @@ def test_sync_free_is_none_or_a_bool():
     from ncvx_core.linesearch import WeakWolfe
     with pytest.raises(ValueError, match="sync_free must be None or a bool, got 1"):
         WeakWolfe(sync_free=1)  # type: ignore[arg-type]
+
+
+def test_linesearch_previous_step_is_a_bool_for_the_weak_wolfe_search():
+    assert SolverOptions().linesearch_previous_step is False
+    with pytest.raises(OptionError, match="linesearch_previous_step"):
+        SolverOptions(linesearch_previous_step=1)
+    with pytest.raises(OptionError, match="is_backtrack_linesearch"):
+        SolverOptions(linesearch_previous_step=True, is_backtrack_linesearch=True)

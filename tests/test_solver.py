@@ -1010,6 +1010,35 @@ def test_line_search_speculation_gives_the_same_run_in_fewer_calls(a1_run):
     assert bool((rows8 >= results[8].fn_evals).all())  # discarded trials are not counted as evaluations
 
 
+def test_linesearch_previous_step_starts_each_search_at_the_last_step(a1_run):
+    """linesearch_previous_step: a problem's first search starts at init_step_size, every later one
+    at its last accepted step (capped at init_step_size), through an extrapolating weak Wolfe
+    search; the run still reaches A1's optimum."""
+    x0 = a1_run[0][:1] * 10  # one problem: the line search's rows are that problem
+    log: list[tuple[float, float, int]] = []
+
+    class Spy(WeakWolfe):
+        def search(self, prob, d, active, budget):  # type: ignore[no-untyped-def]
+            res = super().search(prob, d, active, budget)
+            assert prob.t_init is not None and self.extrapolate
+            log.append((float(prob.t_init[0]), float(res.t[0]), int(res.status[0])))
+            return res
+
+    o = opts(linesearch_previous_step=True, init_step_size=0.5, maxit=40)
+    res = solve(a1, x0, o, line_search=Spy(t0=0.5, extrapolate=True))
+    assert_near_a1_optimum(res)
+    assert log[0][0] == 0.5
+    last = 0.5
+    for t_init, t, status in log:
+        assert t_init == last
+        if status == LS_OK and t > 0:
+            last = min(t, 0.5)
+    assert len({t for t, _, _ in log}) > 3  # the starts vary
+    # the same run through the option alone (the solver makes the extrapolating search)
+    res2 = solve(a1, x0, o)
+    assert_rows_equal(res, slice(None), res2)
+
+
 def test_full_form_is_always_called_with_the_whole_batch(a1_run):
     x0 = a1_run[0]
     sizes = []
