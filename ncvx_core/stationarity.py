@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .qp import BoxQP, QPSolver, QPStatus
-from .utils import bmask, bmm
+from .utils import bmask, bmm, device_constant
 
 __all__ = ["GradientCache", "init_cache", "cache_insert", "stationarity_qp"]
 
@@ -141,15 +141,14 @@ def stationarity_qp(
     """
     counts = nb.sum(dim=1)
     L = cache.X.shape[1]
-    # QP size buckets 1, 4, 16, 64, ... (capped at the cache size): a problem's QP is padded (with
-    # fixed variables) to a size that depends on its own neighbourhood only, so its answer does not
-    # depend on the batch it is solved in, with at most log4(L) + 1 QP calls
-    bucket = torch.clamp(4 ** torch.ceil(torch.log2(counts.clamp(min=1).double()) / 2).long(), max=L)
-    # the possible sizes are known on the host; one small read says which occur (sizes the QPs)
-    cands = [1]
-    while cands[-1] < L:
-        cands.append(min(4 * cands[-1], L))
-    occurs = torch.stack([(bucket == c).any() for c in cands]).tolist()
+    # a problem's QP is padded (with fixed variables) to a size that depends on its own
+    # neighbourhood only (qp_buckets), so its answer does not depend on the batch it is solved in;
+    # the possible sizes are known on the host, and one small read says which occur (sizes the QPs)
+    cands = qp_buckets(L, 1 + ci.shape[1] + ce.shape[1])
+    table = device_constant(("qp_buckets", L, cands), counts.device,
+                            lambda d: torch.tensor(cands, dtype=counts.dtype, device=d))
+    bucket = table[torch.searchsorted(table, counts.clamp(1, L))]
+    occurs = (bucket.unsqueeze(1) == table).any(0).tolist()
     sizes = [c for c, o in zip(cands, occurs) if o]
     if len(sizes) == 1:
         return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, int(sizes[0]), qp, l2, qp_tol)
@@ -162,6 +161,34 @@ def stationarity_qp(
                                   mu[sel], int(size), qp, l2, qp_tol)
         stat[sel], n_grads[sel], fallback[sel] = res.stat, res.n_grads, res.fallback
     return StationarityResult(stat, n_grads, fallback)
+
+
+#: the smallest padded QP of more than one sample has at most this many variables (or 4 samples)
+_SMALL_QP = 48
+
+
+def qp_buckets(L: int, w: int) -> tuple[int, ...]:
+    """Sample counts the termination QPs are padded to, for a cache of ``L`` samples and ``w = 1 +
+    p + q`` variables per sample: 1, then powers of 4 from the largest one (>= 4) whose QP has at
+    most 48 variables, capped at ``L``; a last rung above ``L / 1.5`` is replaced by ``L``.
+
+    Each size is one QP call per pass, whose cost on small batches is mostly a fixed per-call
+    overhead: below 48 variables the padding costs less than another call; above that consecutive
+    sizes differ by a factor 4 (up to 6 at the top, where a rung above ``L / 1.5`` is merged). E.g. ``L = 74, w = 2`` (the digits attack):
+    1, 16, 74; ``L = 100, w = 4``: 1, 4, 16, 64, 100."""
+    floor = 4
+    while 4 * floor * w <= _SMALL_QP:
+        floor *= 4
+    out = [1]
+    c = floor
+    while c < L:
+        if 1.5 * c > L:
+            break
+        out.append(c)
+        c *= 4
+    if L > 1:
+        out.append(L)
+    return tuple(out)
 
 
 def _rows_apply(apply_H: Callable[..., Tensor], rows: Tensor) -> Callable[[Tensor], Tensor]:

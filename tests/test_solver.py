@@ -273,6 +273,45 @@ def test_batch_invariance_unconstrained():
         assert_rows_equal(res, slice(b, b + 1), single)
 
 
+def test_batch_invariance_across_termination_qp_sizes():
+    """The termination QPs are padded to sizes that depend on a problem's own sample count
+    (stationarity.qp_buckets): problems whose neighbourhoods fall in different sizes in the same
+    pass give the rows they give alone (bit for bit; the stationarity value to rounding, LOOSE)."""
+    from ncvx_core.stationarity import qp_buckets
+
+    C, x0 = absquad_data(4, 20, seed=3)  # ngrad = min(100, 40, 30) = 30 samples: sizes 1, 16, 30
+    x0 = x0 * torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=DT).unsqueeze(1)
+    assert qp_buckets(30, 1) == (1, 16, 30)
+    seen: list[set[int]] = []
+
+    def log(info: HaltInfo):
+        seen.append({min(s for s in qp_buckets(30, 1) if s >= int(c)) for c in info.n_grads[info.updated].tolist()})
+        return None
+
+    o = opts(maxit=80, opt_tol=1e-12)
+    res = solve(absquad(C), x0, o.replace(halt_log_fn=log))
+    assert sum({16, 30} <= sizes for sizes in seen) >= 5  # passes that solved QPs of sizes 16 and 30
+    for b in range(4):
+        single = solve(absquad(C[b : b + 1]), x0[b : b + 1], o)
+        assert_rows_equal(res, slice(b, b + 1), single)
+
+
+def test_qp_buckets():
+    from ncvx_core.stationarity import qp_buckets
+
+    for L in range(1, 130):
+        for w in range(1, 6):
+            b = qp_buckets(L, w)
+            assert b[0] == 1 and b[-1] == L and list(b) == sorted(set(b))
+            if len(b) > 2:  # the first padded size: the largest power of 4 (>= 4) with <= 48 variables
+                floor = max([4] + [4 ** k for k in range(1, 4) if 4 ** k * w <= 48])
+                assert b[1] == floor
+            # consecutive sizes within a factor 4, or 6 at the top (a rung above L / 1.5 merged into L)
+            assert all(b[i + 1] <= 4 * b[i] for i in range(1, len(b) - 2))
+            assert len(b) < 3 or b[-1] <= 6 * b[-2]
+    assert qp_buckets(74, 2) == (1, 16, 74) and qp_buckets(100, 4) == (1, 4, 16, 64, 100)
+
+
 def test_inplace_bfgs_is_batch_invariant_and_agrees_with_the_copying_update(tmp_path):
     """Full BFGS in place (per-problem products written into H, views for the running subset;
     the default for n >= 256 on the CPU) forced at n = 6: bit-identical rows whether a problem is
