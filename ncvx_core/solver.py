@@ -41,7 +41,7 @@ from .result import Iterate, SolveResult
 from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, bmm, sync_free_on, tree_map, tree_put, tree_rows, tree_where
+from .utils import bmask, bmm, sync_free_on, tree_put, tree_rows, tree_where
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -61,6 +61,32 @@ class Record(NamedTuple):
     feasible: Tensor
     mu: Tensor
     found: Tensor
+
+
+class _Rec(NamedTuple):
+    """A best / most-feasible record in the solver state, packed so that an update writes two
+    tensors instead of ten: ``x (B, n)`` and ``v (B, 7 + p + q)`` = ``[f, tvi, tve, tv, feasible,
+    mu, found, ci, ce]`` (the flags as 0 / 1 in the solver's dtype). :func:`_unpack` gives the
+    :class:`Record`."""
+
+    x: Tensor
+    v: Tensor
+
+
+_F, _TVI, _TVE, _TV, _FEAS, _MU, _FOUND = range(7)
+
+
+def _pack_values(ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> Tensor:
+    dt = ev.f.dtype
+    head = torch.stack([ev.f, viol.tvi, viol.tve, viol.tv, viol.feasible.to(dt), mu.to(dt), found.to(dt)], dim=1)
+    return torch.cat([head, ev.ci.to(dt), ev.ce.to(dt)], dim=1)
+
+
+def _unpack(rec: _Rec, p: int) -> Record:
+    v = rec.v
+    col = lambda j: v[:, j].clone()  # noqa: E731  (contiguous, not views of the packed tensor)
+    return Record(rec.x, col(_F), v[:, 7:7 + p].clone(), v[:, 7 + p:].clone(), col(_TVI), col(_TVE), col(_TV),
+                  v[:, _FEAS] > 0.5, col(_MU), v[:, _FOUND] > 0.5)
 
 
 class State(NamedTuple):
@@ -83,8 +109,8 @@ class State(NamedTuple):
     stat_fallback: Tensor
     alpha: Tensor
     sd_level: Tensor
-    best: Record
-    mf: Record
+    best: _Rec
+    mf: _Rec
     mu_lowest: Tensor
     counters: Tensor       # (B, 6): requests, updates, damped, sty_fails, infnan_fails, scaling_skips
     # H times the steering columns [g, Je^T, Ji^T] at x, from the last update ((B, n, 1 + q + p), or
@@ -176,44 +202,45 @@ def _gphi(ev: Evaluation, viol: Violation, mu: Tensor) -> Tensor:
     return mu.unsqueeze(1) * ev.g + viol.gv1
 
 
-def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor, copy: bool = True) -> Record:
-    rec = Record(x, ev.f, ev.ci, ev.ce, viol.tvi, viol.tve, viol.tv, viol.feasible, mu, found)
-    return tree_map(torch.clone, rec) if copy else rec
+def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> _Rec:
+    return _Rec(x.clone(), _pack_values(ev, viol, mu, found))
 
 
-def _update_records(best: Record, mf: Record, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
-                    mu: Tensor, constrained: bool, sync_free: bool = True) -> tuple[Record, Record]:
+def _update_records(best: _Rec, mf: _Rec, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
+                    mu: Tensor, constrained: bool, sync_free: bool = True) -> tuple[_Rec, _Rec]:
     """Update the best / most-feasible records of problems ``rows`` (unique) with new evaluations.
 
     ``sync_free``: rewrite every row of ``rows`` under the masks (no host read); else copy only the
     improved rows, sized by one ``nonzero`` (fewer operations when few rows improve, as in most
     line-search rounds). The records are the same either way."""
-    new = _record_from(x, ev, viol, mu, torch.ones_like(viol.feasible), copy=False)  # read only
+    new = _Rec(x, _pack_values(ev, viol, mu, torch.ones_like(viol.feasible)))  # read only
     f = ev.f
     ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
     if constrained:
-        b_tv, b_f = mf.tv[rows], mf.f[rows]
+        m_v, b_v = mf.v[rows], best.v[rows]
+        b_tv, b_f = m_v[:, _TV], m_v[:, _F]
         better_mf = ok & ((viol.tv < b_tv) | ((viol.tv == b_tv) & (f < b_f)))
-        better_b = ok & viol.feasible & (~best.found[rows] | (f < best.f[rows]))
+        better_b = ok & viol.feasible & ((b_v[:, _FOUND] == 0) | (f < b_v[:, _F]))
     else:
-        better_b = ok & (f < best.f[rows])
-        better_mf = ok & (f < mf.f[rows])
+        better_b = ok & (f < best.v[rows, _F])
+        better_mf = ok & (f < mf.v[rows, _F])
 
     # in place: the record tensors belong to the solver state being stepped; integer indices and
     # masks, never boolean indexing (one host sync per field on a GPU)
     if sync_free:  # every row of the round rewritten, its old value where it did not improve
         for rec, better in ((best, better_b), (mf, better_mf)):
+            b = better.unsqueeze(1)
             for full, part in zip(rec, new):
-                full[rows] = torch.where(bmask(better, part), part.to(full.dtype), full[rows])
+                full[rows] = torch.where(b, part.to(full.dtype), full[rows])
         return best, mf
     bi = (better_b | better_mf).nonzero().squeeze(1)  # one host sync sizes the copy for both records
     if bi.numel():
         sel = rows[bi]
+        parts = [part[bi].to(full.dtype) for full, part in zip(best, new)]
         for rec, better in ((best, better_b), (mf, better_mf)):
-            m = better[bi]
-            for full, part in zip(rec, new):
-                p = part[bi]
-                full[sel] = torch.where(bmask(m, p), p.to(full.dtype), full[sel])
+            m = better[bi].unsqueeze(1)
+            for full, part in zip(rec, parts):
+                full[sel] = torch.where(m, part, full[sel])
     return best, mf
 
 
@@ -773,10 +800,11 @@ class _Solver:
 
         final = Record(st.x, st.ev.f, st.ev.ci, st.ev.ce, st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible,
                        st.mu, torch.ones_like(st.viol.feasible))
+        best, mf = _unpack(st.best, self.p), _unpack(st.mf, self.p)
         names = ["requests", "updates", "damped", "sty_fails", "infnan_fails", "scaling_skips"]
         final_it = it(final)
         res = SolveResult(
-            final=final_it, best=it(st.best, st.mf), most_feasible=it(st.mf), status=st.status.long(),
+            final=final_it, best=it(best, mf), most_feasible=it(mf), status=st.status.long(),
             iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=final_it.violation,
             mu_lowest=st.mu_lowest, bfgs={nm: st.counters[:, j] for j, nm in enumerate(names)}, H_final=st.H,
             elapsed=time.monotonic() - self.t_start, options=self.o, memory_plan=self.plan,
