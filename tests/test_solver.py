@@ -279,9 +279,9 @@ def test_batch_invariance_across_termination_qp_sizes():
     pass give the rows they give alone (bit for bit; the stationarity value to rounding, LOOSE)."""
     from ncvx_core.stationarity import qp_buckets
 
-    C, x0 = absquad_data(4, 20, seed=3)  # ngrad = min(100, 40, 30) = 30 samples: sizes 1, 16, 30
+    C, x0 = absquad_data(4, 20, seed=3)  # ngrad = min(100, 40, 30) = 30 samples: sizes 1, 4, 16, 30
     x0 = x0 * torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=DT).unsqueeze(1)
-    assert qp_buckets(30, 1) == (1, 16, 30)
+    assert qp_buckets(30, 1) == (1, 4, 16, 30)
     seen: list[set[int]] = []
 
     def log(info: HaltInfo):
@@ -303,13 +303,10 @@ def test_qp_buckets():
         for w in range(1, 6):
             b = qp_buckets(L, w)
             assert b[0] == 1 and b[-1] == L and list(b) == sorted(set(b))
-            if len(b) > 2:  # the first padded size: the largest power of 4 (>= 4) with <= 48 variables
-                floor = max([4] + [4 ** k for k in range(1, 4) if 4 ** k * w <= 48])
-                assert b[1] == floor
+            assert all(c == 4 ** k for k, c in enumerate(b[:-1]))  # 1, 4, 16, ... below L
             # consecutive sizes within a factor 4, or 6 at the top (a rung above L / 1.5 merged into L)
-            assert all(b[i + 1] <= 4 * b[i] for i in range(1, len(b) - 2))
-            assert len(b) < 3 or b[-1] <= 6 * b[-2]
-    assert qp_buckets(74, 2) == (1, 16, 74) and qp_buckets(100, 4) == (1, 4, 16, 64, 100)
+            assert len(b) < 2 or b[-1] <= 6 * b[-2]
+    assert qp_buckets(74, 2) == (1, 4, 16, 74) and qp_buckets(100, 4) == (1, 4, 16, 64, 100)
 
 
 def test_inplace_bfgs_is_batch_invariant_and_agrees_with_the_copying_update(tmp_path):
