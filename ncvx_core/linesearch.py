@@ -360,13 +360,16 @@ class WeakWolfe:
         ok = quit_ | (~armijo_fail & ~curv_fail)
         if self.extrapolate:
             # a Wolfe step below t0 with no failed trial yet (beta = inf) grows; a failure of
-            # sufficient decrease above a Wolfe step returns that step (the lower bracket end)
+            # sufficient decrease above a Wolfe step returns that step (the lower bracket end,
+            # already the search's point: the failed trial is not taken)
             grow = ok & ~quit_ & torch.isinf(ls.beta[rows]) & (tr < self.t0)
             back = armijo_fail & ~quit_ & ls.alpha_ok[rows]
             ok = (ok & ~grow) | back
         raise_alpha = ~ok & ~armijo_fail & curv_fail
         lower_beta = ~ok & armijo_fail
-        take = (ok & ~back) | raise_alpha | grow if self.extrapolate else ok | raise_alpha
+        take = ok | raise_alpha
+        if self.extrapolate:
+            take = (take & ~back) | grow
         n_failed: int | None = None
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
@@ -391,13 +394,12 @@ class WeakWolfe:
         bracketed = torch.isfinite(b_r)
         can_expand = ~bracketed & (ne_r < nexpmax[rows])
         t_next = torch.where(bracketed, 0.5 * (a_r + b_r), 2.0 * a_r)
-        if self.extrapolate:
+        expand = can_expand & ~ok
+        give_up = ~ok & ~bracketed & ~can_expand
+        if self.extrapolate:  # a growing step is neither an expansion nor a failure
             t_next = torch.where(grow, torch.clamp(2.0 * tr, max=self.t0), t_next)
-            expand = can_expand & ~ok & ~grow
-            give_up = ~ok & ~grow & ~bracketed & ~can_expand
-        else:
-            expand = can_expand & ~ok
-            give_up = ~ok & ~bracketed & ~can_expand
+            expand = expand & ~grow
+            give_up = give_up & ~grow
         ls.t = ls.t.index_copy(0, rows, torch.where(ok, tr, t_next))
         ls.nexp = ls.nexp.index_copy(0, rows, ne_r + expand.long())
         ls.status = ls.status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, ls.status[rows]).to(torch.int8))

@@ -144,7 +144,7 @@ def stationarity_qp(
     # a problem's QP is padded (with fixed variables) to a size that depends on its own
     # neighbourhood only (qp_buckets), so its answer does not depend on the batch it is solved in;
     # the possible sizes are known on the host, and one small read says which occur (sizes the QPs)
-    cands = qp_buckets(L, 1 + ci.shape[1] + ce.shape[1])
+    cands = qp_buckets(L)
     table = device_constant(("qp_buckets", L, cands), counts.device,
                             lambda d: torch.tensor(cands, dtype=counts.dtype, device=d))
     bucket = table[torch.searchsorted(table, counts.clamp(1, L))]
@@ -163,15 +163,15 @@ def stationarity_qp(
     return StationarityResult(stat, n_grads, fallback)
 
 
-def qp_buckets(L: int, w: int) -> tuple[int, ...]:
-    """Sample counts the termination QPs are padded to, for a cache of ``L`` samples and ``w = 1 +
-    p + q`` variables per sample: 1, 4, 16, 64, ... capped at ``L``, where a last rung above
-    ``L / 1.5`` is replaced by ``L`` (e.g. ``L = 74``: 1, 4, 16, 74 instead of 1, 4, 16, 64, 74).
+def qp_buckets(L: int) -> tuple[int, ...]:
+    """Sample counts the termination QPs are padded to, for a cache of ``L`` samples: 1, 4, 16, 64,
+    ... capped at ``L``, where a last rung above ``L / 1.5`` is replaced by ``L`` (e.g. ``L = 74``:
+    1, 4, 16, 74 instead of 1, 4, 16, 64, 74).
 
     Each size is one QP call per pass, whose cost on small batches is mostly a fixed per-call
     overhead, while padding costs flops that grow with the cube of the size: a floor of 16 samples
     (one call fewer) made the digits attack 6 % faster at B = 256 but the minimal-distortion problem
-    10 % slower at B = 1024, so the ladder starts at 4. ``w`` is accepted for such size rules."""
+    10 % slower at B = 1024, so the ladder starts at 4."""
     out = [1]
     c = 4
     while c < L and 1.5 * c <= L:

@@ -281,11 +281,11 @@ def test_batch_invariance_across_termination_qp_sizes():
 
     C, x0 = absquad_data(4, 20, seed=3)  # ngrad = min(100, 40, 30) = 30 samples: sizes 1, 4, 16, 30
     x0 = x0 * torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=DT).unsqueeze(1)
-    assert qp_buckets(30, 1) == (1, 4, 16, 30)
+    assert qp_buckets(30) == (1, 4, 16, 30)
     seen: list[set[int]] = []
 
     def log(info: HaltInfo):
-        seen.append({min(s for s in qp_buckets(30, 1) if s >= int(c)) for c in info.n_grads[info.updated].tolist()})
+        seen.append({min(s for s in qp_buckets(30) if s >= int(c)) for c in info.n_grads[info.updated].tolist()})
         return None
 
     o = opts(maxit=80, opt_tol=1e-12)
@@ -300,13 +300,12 @@ def test_qp_buckets():
     from ncvx_core.stationarity import qp_buckets
 
     for L in range(1, 130):
-        for w in range(1, 6):
-            b = qp_buckets(L, w)
-            assert b[0] == 1 and b[-1] == L and list(b) == sorted(set(b))
-            assert all(c == 4 ** k for k, c in enumerate(b[:-1]))  # 1, 4, 16, ... below L
-            # consecutive sizes within a factor 4, or 6 at the top (a rung above L / 1.5 merged into L)
-            assert len(b) < 2 or b[-1] <= 6 * b[-2]
-    assert qp_buckets(74, 2) == (1, 4, 16, 74) and qp_buckets(100, 4) == (1, 4, 16, 64, 100)
+        b = qp_buckets(L)
+        assert b[0] == 1 and b[-1] == L and list(b) == sorted(set(b))
+        assert all(c == 4 ** k for k, c in enumerate(b[:-1]))  # 1, 4, 16, ... below L
+        # consecutive sizes within a factor 4, or 6 at the top (a rung above L / 1.5 merged into L)
+        assert len(b) < 2 or b[-1] <= 6 * b[-2]
+    assert qp_buckets(74) == (1, 4, 16, 74) and qp_buckets(100) == (1, 4, 16, 64, 100)
 
 
 def test_inplace_bfgs_is_batch_invariant_and_agrees_with_the_copying_update(tmp_path):
