@@ -178,13 +178,9 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
         solver_options: overrides of :func:`adv.runner.default_solver_options` (any
             :class:`ncvx_core.SolverOptions` field except ``maxit``, ``maxclocktime``,
             ``halt_log_fn``, ``H0``, ``limited_mem_warm_start``). ``{"linesearch_previous_step":
-            True}`` trades a little strength for time where the model dominates the cost: on a
-            CIFAR-sized CNN (``benchmarks/results/adv_cost_prevstep_cpu.md``, l-infinity 0.12,
-            16 images) it took 5.32 instead of 9.1 s per image (AutoAttack at its published
-            budget: 6.0 s) with the same 8 images broken; on the digits CNN (100 images) it
-            broke 41 instead of 44 images at l-infinity 0.15 (40 instead of 41 with seed 1) and
-            the same 57 / 62 at l1 1.5 / l2 0.75, with 23-33 % fewer function rows (runs outside
-            the benchmark scripts), so it is not the default.
+            False}`` restores GRANSO's line search, which starts every search at step 1 (the
+            default for max-loss problems starts at 4 times the last accepted step, see
+            :func:`adv.runner.default_solver_options`).
 
     Returns:
         :class:`adv.AttackResult`; ``success`` is the judge's verdict on ``x_adv``.

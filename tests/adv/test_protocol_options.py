@@ -294,6 +294,11 @@ def test_default_stationarity_samples():
         assert default_solver_options(kind)["ngrad"] == DEFAULT_NGRAD == 1
 
 
+def test_line_search_starts_from_the_previous_step_for_max_loss_only():
+    assert default_solver_options("max")["linesearch_previous_step"] is True
+    assert default_solver_options("min")["linesearch_previous_step"] is False
+
+
 def test_rows_view_rejects_bad_rows_and_rivals():
     model, x, y = _three_class()
     p = MinDistortionProblem(model, x, y, "l2", box="none")
