@@ -150,8 +150,8 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             search); success is still judged by misclassification. The two losses break
             different images, as APGD-CE and APGD-margin do. Default 2 of 7 restarts.
             ``benchmarks/results/adv_max_cpu.md`` (digits CNN, 100 images) recorded 44 / 62 / 57
-            images broken at l-infinity / l2 / l1 (43 / 62 / 57 since the line search starts from
-            the previous step) (APGD-CE 100 it: 42 / 60 / 59; AutoAttack at
+            images broken at l-infinity / l2 / l1, and 43 / 62 / 57 since the line search starts
+            from the previous step (APGD-CE 100 it: 42 / 60 / 59; AutoAttack at
             its published budget: 44 / 62 at l-infinity / l2), against 43 / 60 / 57 with 5
             margin restarts (the same script at 2787a65, a run whose file the recorded one
             replaced); ``results/adv_cost_cpu.md`` (CIFAR-sized CNN, 16 images) 8 broken as

@@ -78,7 +78,8 @@ class LineSearchProblem:
             trial it takes on its path, in order, and may evaluate trials it then discards.
         record: see ``peek``.
         speculation: the most trial steps per problem one ``peek`` call may carry (1: none).
-        t_init: optional ``(k,)`` first trial step per problem (None: the line search's own ``t0``).
+        t_init: optional ``(k,)`` first trial step per problem (None: the line search's own ``t0``;
+            a non-finite or non-positive entry also means ``t0`` for that problem).
     """
 
     start: Trial
@@ -213,8 +214,7 @@ class WeakWolfe:
         ls = _State(
             alpha=torch.zeros(k, dtype=dt, device=dev),
             beta=torch.full((k,), math.inf, dtype=dt, device=dev),
-            t=(torch.full((k,), self.t0, dtype=dt, device=dev) if prob.t_init is None
-               else prob.t_init.to(dtype=dt, device=dev).clone()),
+            t=self._first_steps(prob.t_init, k, dt, dev),
             nexp=torch.zeros(k, dtype=torch.long, device=dev),
             evals=torch.zeros(k, dtype=torch.int32, device=dev),
             status=torch.full((k,), LS_OK, dtype=torch.int8, device=dev),
@@ -294,6 +294,17 @@ class WeakWolfe:
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
         status = status.masked_fill(~active, LS_OK)
         return LineSearchResult(alpha, best, status, evals)
+
+    def _first_steps(self, t_init: Tensor | None, k: int, dt: torch.dtype, dev: torch.device) -> Tensor:
+        """``(k,)`` first trial steps: ``t_init`` where it is finite and positive, else ``t0``."""
+        t0 = torch.full((k,), self.t0, dtype=dt, device=dev)
+        if t_init is None:
+            return t0
+        if not isinstance(t_init, Tensor) or t_init.shape != (k,) or not t_init.is_floating_point():
+            got = (f"{tuple(t_init.shape)} {t_init.dtype}" if isinstance(t_init, Tensor) else type(t_init).__name__)
+            raise ValueError(f"LineSearchProblem.t_init must be a floating-point tensor of shape ({k},), got {got}")
+        t = t_init.to(dtype=dt, device=dev)
+        return torch.where(torch.isfinite(t) & (t > 0), t, t0)
 
     # speculation width: a trial step is added to a problem's round only while the chance that the
     # serial search would reach it (every earlier one failing sufficient decrease) is at least

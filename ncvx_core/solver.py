@@ -78,7 +78,8 @@ _F, _TVI, _TVE, _TV, _FEAS, _MU, _FOUND = range(7)
 #: linesearch_previous_step starts a search at this multiple of the last accepted step: on the
 #: digits CNN (adv.attack, 100 images) factor 1 broke 41 / 40 images at l-infinity 0.15 (seeds
 #: 0 / 1) against 44 / 41 without the option, factor 4 broke 43 / 42 (and the same images at l1
-#: and l2), with 23-26 % fewer function rows than without the option
+#: and l2), with 23-26 % fewer function rows than without the option (ad hoc runs, not from a
+#: benchmark script)
 _PREVIOUS_STEP_FACTOR = 4.0
 
 
@@ -159,7 +160,7 @@ class HaltInfo(NamedTuple):
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
     "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch,
                                       o.linesearch_speculation, sync_free=o.sync_free,
-                                      extrapolate=o.linesearch_previous_step and not o.is_backtrack_linesearch),
+                                      extrapolate=o.linesearch_previous_step),
     "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True,
                                         o.linesearch_speculation, sync_free=o.sync_free),
 }

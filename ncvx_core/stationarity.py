@@ -171,7 +171,7 @@ def qp_buckets(L: int) -> tuple[int, ...]:
     Each size is one QP call per pass, whose cost on small batches is mostly a fixed per-call
     overhead, while padding costs flops that grow with the cube of the size: a floor of 16 samples
     (one call fewer) made the digits attack 6 % faster at B = 256 but the minimal-distortion problem
-    10 % slower at B = 1024, so the ladder starts at 4."""
+    10 % slower at B = 1024 (ad hoc, side by side), so the ladder starts at 4."""
     out = [1]
     c = 4
     while c < L and 1.5 * c <= L:

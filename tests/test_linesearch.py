@@ -805,3 +805,20 @@ def test_extrapolation_needs_the_weak_wolfe_search():
         WeakWolfe(backtracking=True, extrapolate=True)
     with pytest.raises(ValueError, match="extrapolate"):
         WeakWolfe(extrapolate=1)  # type: ignore[arg-type]
+
+
+def test_first_steps_are_checked_and_sanitised():
+    """A first step of the wrong shape or dtype is rejected naming t_init; a non-finite or
+    non-positive entry falls back to t0 for that problem only."""
+    g = torch.Generator().manual_seed(1)
+    x0 = _x0(g, 3, 2) * 0.3
+    toy = make_toy(g, 3, 2, ["quad"] * 3, x0)
+    for bad in (torch.ones(2, dtype=DT), torch.ones(3, dtype=torch.long), [1.0, 1.0, 1.0]):
+        S = setup(toy, x0)
+        S.prob.t_init = bad
+        with pytest.raises(ValueError, match="t_init"):
+            run(WeakWolfe(extrapolate=True), S)
+    S = setup(toy, x0)
+    S.prob.t_init = torch.tensor([math.nan, -1.0, 0.25], dtype=DT)
+    run(WeakWolfe(extrapolate=True), S)
+    assert [_trial_steps(S, b)[0] for b in range(3)] == pytest.approx([1.0, 1.0, 0.25], rel=1e-12)
