@@ -79,7 +79,7 @@ __all__ = [
     "RunOutput", "CheckContext", "default_solver_options", "run_max_loss", "run_min_distortion",
     "sample_ball", "sparse_l1_start", "vertex_linf_start", "model_as", "model_dtype", "adapt_distance",
     "CastDistance", "DEFAULT_LIMITED_MEM", "NOT_RUN",
-    "DEFAULT_LINESEARCH_MAXIT", "DEFAULT_NGRAD",
+    "DEFAULT_LINESEARCH_MAXIT", "DEFAULT_NGRAD", "DEFAULT_LINESEARCH_ARMIJO_AFTER",
 ]
 
 logger = logging.getLogger("adv")
@@ -90,6 +90,8 @@ DEFAULT_LIMITED_MEM = 20
 DEFAULT_NGRAD = 1
 #: evaluations per line search of the default solver options, per problem kind
 DEFAULT_LINESEARCH_MAXIT = {"max": 20, "min": 30}
+#: ``linesearch_armijo_after`` per kind (see :func:`default_solver_options`)
+DEFAULT_LINESEARCH_ARMIJO_AFTER: dict[str, int | None] = {"max": 12, "min": None}
 #: ``status`` of a sample the solver was not run on (already adversarial, or out of time).
 NOT_RUN = -1
 
@@ -152,7 +154,8 @@ def default_solver_options(kind: str) -> dict[str, Any]:
     tol = 1e-6 if kind == "max" else 1e-8
     cap = DEFAULT_LINESEARCH_MAXIT[kind]
     return dict(limited_mem_size=DEFAULT_LIMITED_MEM, opt_tol=tol, viol_ineq_tol=tol, print_level=0,
-                linesearch_maxit=cap, ngrad=DEFAULT_NGRAD, linesearch_previous_step=kind == "max")
+                linesearch_maxit=cap, ngrad=DEFAULT_NGRAD, linesearch_previous_step=kind == "max",
+                linesearch_armijo_after=DEFAULT_LINESEARCH_ARMIJO_AFTER[kind])
 
 
 def merge_solver_options(kind: str, user: dict[str, Any] | None) -> dict[str, Any]:

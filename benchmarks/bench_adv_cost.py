@@ -293,16 +293,22 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
     logger = logging.getLogger("adv")
     pw_runs: dict[str, Any] = {}
     variants = (("pwcf32", None, None, "PWCF margin, adv.attack defaults (dtype=None: float32 solve)"),
-                ("pwcf_granso_ls", None, {"linesearch_previous_step": False},
-                 "PWCF margin, adv.attack(solver_options={'linesearch_previous_step': False}): GRANSO's line "
-                 "search, from step 1"),
+                ("pwcf_no_exit", None, {"linesearch_armijo_after": None},
+                 "PWCF margin, adv.attack(solver_options={'linesearch_armijo_after': None}): no exit at the lower "
+                 "bracket end after 12 trials"),
+                ("pwcf_granso_ls", None, {"linesearch_previous_step": False, "linesearch_armijo_after": None},
+                 "PWCF margin, adv.attack(solver_options={'linesearch_previous_step': False, "
+                 "'linesearch_armijo_after': None}): GRANSO's line search, from step 1"),
                 ("pwcf64", torch.float64, None, "PWCF margin, adv.attack(dtype=torch.float64) (previous default)"))
     for key, dtype, sopts, label in variants:
         if key == "pwcf64" and args.no_float64:
             notes.append("--no-float64: the float64 PWCF run was skipped.")
             continue
         if key == "pwcf_granso_ls" and args.no_granso_ls:
-            notes.append("--no-granso-ls: the run with linesearch_previous_step=False was skipped.")
+            notes.append("--no-granso-ls: the run with GRANSO's line search was skipped.")
+            continue
+        if key == "pwcf_no_exit" and args.no_exit_row:
+            notes.append("--no-exit-row: the run with linesearch_armijo_after=None was skipped.")
             continue
         log(f"[attack] linf eps={eps}: {label} on {n} images")
         counter = _DisagreeCounter()
@@ -325,6 +331,12 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
         notes.append(f"PWCF defaults vs GRANSO's line search: both broke {int((a & b).sum())} images, only the "
                      f"defaults {int((a & ~b).sum())}, only GRANSO's line search {int((~a & b).sum())}; time per "
                      f"image of the defaults {res_by['pwcf32']['seconds'] / res_by['pwcf_granso_ls']['seconds']:.2f}x.")
+    if "pwcf32" in pw_runs and "pwcf_no_exit" in pw_runs:
+        a, b = res_by["pwcf32"]["success"], res_by["pwcf_no_exit"]["success"]
+        notes.append(f"PWCF defaults vs linesearch_armijo_after=None: both broke {int((a & b).sum())} images, only "
+                     f"the defaults {int((a & ~b).sum())}, only linesearch_armijo_after=None {int((~a & b).sum())}; "
+                     f"time per image of the defaults "
+                     f"{res_by['pwcf32']['seconds'] / res_by['pwcf_no_exit']['seconds']:.2f}x.")
     if "pwcf32" in pw_runs and "pwcf64" in pw_runs:
         a, b = res_by["pwcf32"]["success"], res_by["pwcf64"]["success"]
         notes.append(f"PWCF float32 vs float64 solve: both broke {int((a & b).sum())} images, only float32 "
@@ -411,7 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"l-infinity budget of the attack section (default {DEFAULT_EPS})")
     ap.add_argument("--no-float64", action="store_true", help="skip the adv.attack(dtype=torch.float64) run")
     ap.add_argument("--no-granso-ls", action="store_true",
-                    help="skip the adv.attack run with solver_options={'linesearch_previous_step': False}")
+                    help="skip the adv.attack run with GRANSO's line search (solver_options="
+                         "{'linesearch_previous_step': False, 'linesearch_armijo_after': None})")
+    ap.add_argument("--no-exit-row", action="store_true",
+                    help="skip the adv.attack run with solver_options={'linesearch_armijo_after': None}")
     ap.add_argument("--aa-steps", type=int, default=100, help="iterations of APGD, APGD-T, FAB-T (default 100)")
     ap.add_argument("--square-queries", type=int, default=5000, help="Square queries (default 5000)")
     ap.add_argument("--cost-batch", type=int, default=50, help="batch of the cost section (default 50)")

@@ -158,6 +158,14 @@ class WeakWolfe:
             expansion). With a start below ``t0`` (``LineSearchProblem.t_init``) the search then
             lands near the step the search from ``t0`` would find by bisection, in fewer trials
             when the start is close. False (default): GRANSO's search.
+        armijo_after: a search that has taken at least this many trials, has bracketed (a trial
+            failed sufficient decrease) and whose lower bracket end is a step > 0 (a trial that
+            satisfied sufficient decrease and failed only the curvature condition) returns that
+            step as accepted, before its next trial. At a kink of a nonsmooth penalty no step
+            may satisfy both conditions, and GRANSO's search then bisects until its budget or
+            the bracket tolerance, fails, and the iteration falls back to another direction;
+            this ends such searches at a step with sufficient decrease instead. None (default):
+            GRANSO's search.
         sync_free: how a round copies the trials it takes into the search's points: True rewrites
             every row of the round under a mask (no host synchronisation; the failure count for the
             speculation width then stays on the device and is read at most once per search, when
@@ -175,7 +183,7 @@ class WeakWolfe:
 
     def __init__(self, c1: float = 1e-4, c2: float = 0.5, t0: float = 1.0, step_tol: float = 1e-12,
                  backtracking: bool = False, speculate: int = 1, speculate_min_use: float = 0.5,
-                 sync_free: bool | None = None, extrapolate: bool = False) -> None:
+                 sync_free: bool | None = None, extrapolate: bool = False, armijo_after: int | None = None) -> None:
         if not 0 <= c1 <= 0.5 or not c1 <= c2 < 1:
             raise ValueError(f"need 0 <= c1 <= 0.5 and c1 <= c2 < 1, got c1={c1}, c2={c2}")
         if isinstance(speculate, bool) or not isinstance(speculate, int) or speculate < 1:
@@ -194,6 +202,12 @@ class WeakWolfe:
         if extrapolate and backtracking:
             raise ValueError("extrapolate needs the weak Wolfe search (backtracking=False)")
         self.extrapolate = extrapolate
+        if armijo_after is not None:
+            if isinstance(armijo_after, bool) or not isinstance(armijo_after, int) or armijo_after < 1:
+                raise ValueError(f"armijo_after must be None or an int >= 1, got {armijo_after!r}")
+            if backtracking:
+                raise ValueError("armijo_after needs the weak Wolfe search (backtracking=False)")
+        self.armijo_after = armijo_after
         # decayed counts of past trials that failed sufficient decrease (a host float; a 0-d
         # tensor on the trials' device for value-only trials, see _observe) and of all past trials
         self._n_fail: Tensor | float = 0.0
@@ -235,6 +249,10 @@ class WeakWolfe:
             xa_norm = (x0 + ls.alpha.unsqueeze(1) * d).norm(dim=1)
             thr = self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)
             cont = ((ls.beta - ls.alpha) > thr) & (ls.evals < budget)
+            if self.armijo_after is not None:
+                take_alpha = self._armijo_exit(ls.searching, ls.evals, ls.alpha, ls.beta)
+                ls.done_ok = ls.done_ok | take_alpha
+                ls.searching = ls.searching & ~take_alpha
             stop = ls.searching & ~cont
             ls.status = torch.where(stop, torch.where(torch.isinf(ls.beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8),
                                     ls.status)
@@ -259,7 +277,11 @@ class WeakWolfe:
             T = [ls.t[rows]]
             valid = [torch.ones(r, dtype=torch.bool, device=dev)]
             for i in range(1, width):
-                valid.append(valid[-1] & ((T[-1] - a_r) > thr_r) & ((ev_r + i) < bud_r))
+                # (after a failure the search has bracketed, with alpha unchanged)
+                v = valid[-1] & ((T[-1] - a_r) > thr_r) & ((ev_r + i) < bud_r)
+                if self.armijo_after is not None:
+                    v = v & ~self._armijo_exit(v, ev_r + i, a_r, T[-1])
+                valid.append(v)
                 T.append(0.5 * (a_r + T[-1]))
             Tm, Vm = torch.stack(T, dim=1), torch.stack(valid, dim=1)  # (r, width)
             pj, pi = torch.nonzero(Vm, as_tuple=True)
@@ -294,6 +316,11 @@ class WeakWolfe:
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
         status = status.masked_fill(~active, LS_OK)
         return LineSearchResult(alpha, best, status, evals)
+
+    def _armijo_exit(self, searching: Tensor, evals: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+        """Searches that return their lower bracket end before the next trial (``armijo_after``)."""
+        assert self.armijo_after is not None
+        return searching & (evals >= self.armijo_after) & (alpha > 0) & torch.isfinite(beta)
 
     def _first_steps(self, t_init: Tensor | None, k: int, dt: torch.dtype, dev: torch.device) -> Tensor:
         """``(k,)`` first trial steps: ``t_init`` where it is finite and positive, else ``t0``."""

@@ -83,6 +83,7 @@ class SolverOptions:
     is_backtrack_linesearch: bool = False
     linesearch_speculation: int = 8
     linesearch_previous_step: bool = False
+    linesearch_armijo_after: int | None = None
     search_direction_rescaling: bool = False
     disable_terminationcode_6: bool = False
     # --- precision / device / gradients -------------------------------------------------------
@@ -191,6 +192,10 @@ class SolverOptions:
         integer("linesearch_speculation", 1)
         if not isinstance(self.linesearch_previous_step, bool):
             bad("linesearch_previous_step", "a bool")
+        if self.linesearch_armijo_after is not None:
+            integer("linesearch_armijo_after", 1)
+            if self.is_backtrack_linesearch:
+                bad("linesearch_armijo_after", "None with is_backtrack_linesearch=True (it needs the weak Wolfe search)")
         if self.linesearch_previous_step and self.is_backtrack_linesearch:
             bad("linesearch_previous_step", "False with is_backtrack_linesearch=True (it needs the weak Wolfe search)")
         if not 0 < num("linesearch_c_mu") < 1:

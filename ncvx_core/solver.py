@@ -160,7 +160,8 @@ class HaltInfo(NamedTuple):
 LINE_SEARCHES: dict[str, Callable[[SolverOptions], LineSearch]] = {
     "weak_wolfe": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, o.is_backtrack_linesearch,
                                       o.linesearch_speculation, sync_free=o.sync_free,
-                                      extrapolate=o.linesearch_previous_step),
+                                      extrapolate=o.linesearch_previous_step,
+                                      armijo_after=o.linesearch_armijo_after),
     "backtracking": lambda o: WeakWolfe(o.wolfe1, o.wolfe2, o.init_step_size, o.step_tol, True,
                                         o.linesearch_speculation, sync_free=o.sync_free),
 }

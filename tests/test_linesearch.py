@@ -619,9 +619,9 @@ def quiet_setup(toy: Toy, x0, active, budget, fvalquit, speculation):
 @given(data=batches(kinds=KINDS + ["linear"], min_B=1, max_B=8), width=st.integers(2, 9),
        t0=st.sampled_from([1.0, 16.0, 1024.0]), backtracking=st.booleans(),
        budgets=st.lists(st.sampled_from([1, 2, 3, 7, math.inf]), min_size=8, max_size=8),
-       quit_=st.booleans(), extrapolate=st.booleans())
+       quit_=st.booleans(), extrapolate=st.booleans(), armijo=st.sampled_from([None, 1, 2, 4, 7]))
 def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, backtracking, budgets, quit_,
-                                                             extrapolate):
+                                                             extrapolate, armijo):
     B, n, kinds, active, seed = data
     g = torch.Generator().manual_seed(seed)
     x0 = _x0(g, B, n)
@@ -634,7 +634,8 @@ def test_speculation_gives_the_serial_search_in_fewer_rounds(data, width, t0, ba
     for w in (1, width):
         rec, prob, d = quiet_setup(toy, x0, active, budget, fvalquit, speculation=9)
         prob.t_init = t_init
-        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w, speculate_min_use=0.0, extrapolate=extrapolate)
+        ls = WeakWolfe(t0=t0, backtracking=backtracking, speculate=w, speculate_min_use=0.0, extrapolate=extrapolate,
+                       armijo_after=None if backtracking else armijo)
         out[w] = (ls.search(prob, d, active, budget), rec)
     (r1, rec1), (rw, recw) = out[1], out[width]
     assert torch.equal(r1.t, rw.t)
@@ -822,3 +823,80 @@ def test_first_steps_are_checked_and_sanitised():
     S.prob.t_init = torch.tensor([math.nan, -1.0, 0.25], dtype=DT)
     run(WeakWolfe(extrapolate=True), S)
     assert [_trial_steps(S, b)[0] for b in range(3)] == pytest.approx([1.0, 1.0, 0.25], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# armijo_after: a long bracketed search returns its lower bracket end
+def _no_wolfe_kink() -> Setup:
+    """phi(x) = max(-x, K (x - 1) - 1) with K = 2^52 on x0 = 0, d = 1 (exact in float64): sufficient
+    decrease holds up to the kink at 1 (slope -1: the curvature condition fails) and fails at every
+    representable step above it, so no step satisfies both weak Wolfe conditions."""
+    K = 2.0**52
+    toy = Toy(A=torch.zeros(1, 1, 1, dtype=DT), b=torch.zeros(1, 1, dtype=DT),
+              w=torch.zeros(1, 1, dtype=DT), c=torch.zeros(1, 1, dtype=DT), lam=torch.ones(1, dtype=DT),
+              aff=torch.tensor([[[-1.0], [K]]], dtype=DT), e=torch.tensor([[0.0, -K - 1.0]], dtype=DT),
+              center=torch.zeros(1, 1, dtype=DT), radius=torch.full((1,), math.inf, dtype=DT),
+              theta=torch.full((1,), -math.inf, dtype=DT), jump=torch.zeros(1, dtype=DT),
+              feasible=torch.ones(1, dtype=torch.bool), lie=torch.zeros(1, 1, dtype=DT))
+    return setup(toy, torch.zeros(1, 1, dtype=DT), d=torch.ones(1, 1, dtype=DT))
+
+
+def test_armijo_after_returns_the_lower_bracket_end_of_a_failing_search():
+    """GRANSO's search bisects towards the kink until the bracket tolerance and fails; with
+    ``armijo_after=5`` it returns the step 1 (sufficient decrease, curvature failed) after the
+    trials 1, 2, 1.5, 1.25, 1.125."""
+    S = _no_wolfe_kink()
+    plain = run(WeakWolfe(), S)
+    assert int(plain.status[0]) == LS_BRACKETED and int(plain.evals[0]) > 30
+    S = _no_wolfe_kink()
+    res = run(WeakWolfe(armijo_after=5), S)
+    assert int(res.status[0]) == LS_OK and int(res.evals[0]) == 5
+    assert float(res.t[0]) == 1.0 and float(res.trial.phi[0]) == -1.0
+    assert [float(x[0, 0]) for x, _, _ in S.rec.calls] == [1.0, 2.0, 1.5, 1.25, 1.125]
+    # sufficient decrease at the returned step; the curvature condition fails there
+    s0 = float(_s0(S)[0])
+    assert float(res.trial.phi[0]) < float(S.prob.start.phi[0]) + 1e-4 * 1.0 * s0
+    assert float((res.trial.gphi * S.d).sum()) <= 0.5 * s0
+
+
+@given(data=batches(kinds=KINDS + ["linear"], min_B=1, max_B=8), t0=st.sampled_from([1.0, 16.0, 1024.0]),
+       n_after=st.integers(1, 8))
+def test_armijo_after_only_shortens_searches_and_keeps_sufficient_decrease(data, t0, n_after):
+    """Searches that end within ``armijo_after`` trials are GRANSO's to the bit; the others end no
+    later, and every accepted step satisfies sufficient decrease (weak Wolfe unless it was returned
+    after ``armijo_after`` trials)."""
+    B, n, kinds, active, seed = data
+    g = torch.Generator().manual_seed(seed)
+    x0 = _x0(g, B, n)
+    toy = make_toy(g, B, n, kinds, x0)
+    S1 = setup(toy, x0, active=active)
+    plain = run(WeakWolfe(t0=t0), S1)
+    S2 = setup(toy, x0, active=active)
+    ls = WeakWolfe(t0=t0, armijo_after=n_after)
+    res = run(ls, S2)
+    check_calls(S2, res)
+    same = plain.evals <= n_after
+    assert torch.equal(res.t[same], plain.t[same]) and torch.equal(res.status[same], plain.status[same])
+    assert torch.equal(res.evals[same], plain.evals[same])
+    assert bool((res.evals <= plain.evals).all())
+    ok = active & (res.status == LS_OK)
+    assert bool((res.t[ok] > 0).all())
+    rows = torch.arange(B)
+    xt = x0 + res.t.unsqueeze(1) * S2.d
+    s0 = _s0(S2)
+    armijo = S2.toy.phi(xt, rows) < S2.prob.start.phi + ls.c1 * res.t * s0
+    wolfe = (S2.toy.grad(xt, rows) * S2.d).sum(1) > ls.c2 * s0
+    assert bool(armijo[ok].all())
+    assert bool((wolfe | (res.evals >= n_after))[ok].all())
+    # a returned lower bracket end is a step the search took: it is among the recorded trials
+    for b in torch.nonzero(ok & ~wolfe).flatten().tolist():
+        steps = [x[list(r.tolist()).index(b)] for x, r, _ in S2.rec.calls if b in r.tolist()]
+        assert any(torch.equal(p, res.trial.x[b]) for p in steps)
+
+
+def test_armijo_after_is_validated():
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="armijo_after"):
+            WeakWolfe(armijo_after=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="armijo_after"):
+        WeakWolfe(backtracking=True, armijo_after=3)

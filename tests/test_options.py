@@ -202,6 +202,16 @@ def test_sync_free_is_none_or_a_bool():
         WeakWolfe(sync_free=1)  # type: ignore[arg-type]
 
 
+def test_linesearch_armijo_after_is_none_or_a_positive_int_for_the_weak_wolfe_search():
+    assert SolverOptions().linesearch_armijo_after is None
+    assert SolverOptions(linesearch_armijo_after=3).linesearch_armijo_after == 3
+    for bad in (0, -2, 2.5, True, "4"):
+        with pytest.raises(OptionError, match="linesearch_armijo_after"):
+            SolverOptions(linesearch_armijo_after=bad)
+    with pytest.raises(OptionError, match="is_backtrack_linesearch"):
+        SolverOptions(linesearch_armijo_after=3, is_backtrack_linesearch=True)
+
+
 def test_linesearch_previous_step_is_a_bool_for_the_weak_wolfe_search():
     assert SolverOptions().linesearch_previous_step is False
     with pytest.raises(OptionError, match="linesearch_previous_step"):

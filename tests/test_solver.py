@@ -1077,6 +1077,29 @@ def test_linesearch_previous_step_starts_each_search_at_the_last_step(a1_run):
     assert_rows_equal(res, slice(None), res2)
 
 
+def test_linesearch_armijo_after_reaches_the_solver(a1_run):
+    """linesearch_armijo_after: every accepted step of the searches decreases the penalty, the run
+    still reaches A1's optimum, and the solver's own factory builds the same search from the option."""
+    x0 = a1_run[0][:2] * 10
+    seen: list[tuple[Any, Any]] = []
+
+    class Spy(WeakWolfe):
+        def search(self, prob, d, active, budget):  # type: ignore[no-untyped-def]
+            res = super().search(prob, d, active, budget)
+            assert self.armijo_after == 3
+            ok = active & (res.status == LS_OK)
+            assert bool((res.trial.phi[ok] < prob.start.phi[ok]).all())
+            seen.append((res.evals.clone(), ok.clone()))
+            return res
+
+    o = opts(linesearch_armijo_after=3, maxit=60)
+    res = solve(a1, x0, o, line_search=Spy(armijo_after=3))
+    assert_near_a1_optimum(res)
+    assert seen
+    res2 = solve(a1, x0, o)
+    assert_rows_equal(res, slice(None), res2)
+
+
 def test_full_form_is_always_called_with_the_whole_batch(a1_run):
     x0 = a1_run[0]
     sizes = []

@@ -299,6 +299,16 @@ def test_line_search_starts_from_the_previous_step_for_max_loss_only():
     assert default_solver_options("min")["linesearch_previous_step"] is False
 
 
+def test_max_loss_line_searches_return_their_lower_bracket_end_after_12_trials():
+    """Max-loss solves end a bracketed search after 12 trials at its lower bracket end
+    (``linesearch_armijo_after``); minimal distortion keeps GRANSO's search."""
+    from ncvx_core import SolverOptions
+    assert default_solver_options("max")["linesearch_armijo_after"] == 12
+    assert default_solver_options("min")["linesearch_armijo_after"] is None
+    for kind in ("max", "min"):
+        SolverOptions(**default_solver_options(kind))  # valid options
+
+
 def test_rows_view_rejects_bad_rows_and_rivals():
     model, x, y = _three_class()
     p = MinDistortionProblem(model, x, y, "l2", box="none")
