@@ -179,9 +179,10 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
         solver_options: overrides of :func:`adv.runner.default_solver_options` (any
             :class:`ncvx_core.SolverOptions` field except ``maxit``, ``maxclocktime``,
             ``halt_log_fn``, ``H0``, ``limited_mem_warm_start``). ``{"linesearch_previous_step":
-            False}`` restores GRANSO's line search, which starts every search at step 1 (the
-            default for max-loss problems starts at 4 times the last accepted step, see
-            :func:`adv.runner.default_solver_options`).
+            False, "linesearch_armijo_after": None}`` restores GRANSO's line search, which starts
+            every search at step 1 and bisects until a weak Wolfe step or its budget (the default
+            for max-loss problems starts at 4 times the last accepted step and returns the lower
+            bracket end after 12 trials, see :func:`adv.runner.default_solver_options`).
 
     Returns:
         :class:`adv.AttackResult`; ``success`` is the judge's verdict on ``x_adv``.
