@@ -11,7 +11,7 @@ Every reported success is verified by :func:`adv.judge` (float64, point clipped 
 """
 
 from adv.apgd import APGDResult, apgd
-from adv.api import ATTACKS, attack, evaluate, min_distortion
+from adv.api import ATTACKS, DEFAULT_RESTARTS, attack, default_restarts, evaluate, min_distortion
 from adv.distances import Distance, Lp, Perceptual, classifier_features, parse_distance
 from adv.folding import FOLDINGS, fold
 from adv.judge import Verdict, judge
@@ -19,7 +19,7 @@ from adv.problems import MaxLossProblem, MinDistortionProblem
 from adv.results import AttackResult, MinDistortionResult, Report
 
 __all__ = [
-    "attack", "min_distortion", "evaluate", "apgd", "ATTACKS",
+    "attack", "min_distortion", "evaluate", "apgd", "ATTACKS", "default_restarts", "DEFAULT_RESTARTS",
     "Lp", "Perceptual", "Distance", "parse_distance", "classifier_features",
     "judge", "Verdict", "fold", "FOLDINGS",
     "AttackResult", "MinDistortionResult", "Report", "APGDResult",

@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also solve each sample's minimal-distortion problem (PWCF, paper Eq. 4/12); the radii "
                         "give the robust-accuracy-versus-eps curve. e.g. --min-distortion")
     g = ev.add_argument_group("attack budgets")
-    g.add_argument("--restarts", type=_positive_int, default=7, metavar="R",
-                   help="PWCF attack restarts per sample (default: %(default)s); e.g. --restarts 2")
+    g.add_argument("--restarts", type=_positive_int, default=None, metavar="R",
+                   help="PWCF attack restarts per sample (default: 7, or 13 for l1, see adv.default_restarts); "
+                        "e.g. --restarts 2")
     g.add_argument("--ce-restarts", type=_nonneg_int, default=2, metavar="C",
                    help="of these, the last C maximise the cross-entropy instead of the margin (pwcf-margin; "
                         "never restart 0; default: %(default)s); e.g. --ce-restarts 0")

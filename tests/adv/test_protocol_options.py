@@ -397,3 +397,27 @@ def test_ce_restart_starts_near_the_clean_input():
     dnear = (near - x).abs().amax(1)
     assert (dnear <= 0.5 * eps).all() and (dfar > 0.5 * eps).all()
     assert not torch.equal(near, _start_max(ctx, rows, 0, 0, "blend"))  # its own random draw
+
+
+def test_default_restarts_are_13_for_l1_and_7_otherwise(monkeypatch):
+    """``restarts=None`` (the default) runs 13 restarts for the l1 distance and 7 for the others;
+    an explicit value wins."""
+    import adv.api as api
+
+    assert adv.default_restarts("l1") == adv.default_restarts(adv.Lp(1)) == 13
+    for d in ("l2", "linf", "l1.5", adv.Lp(0.5)):
+        assert adv.default_restarts(d) == 7
+    seen = []
+    real = api.run_max_loss
+
+    def spy(*a, **k):
+        seen.append(k["restarts"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(api, "run_max_loss", spy)
+    model, x, y = _three_class()
+    for dist, want in (("l1", 13), ("l2", 7), ("linf", 7)):
+        adv.attack(model, x, y, dist, 1e-3, maxit=2, restart_maxit=1)
+        assert seen[-1] == want
+    adv.attack(model, x, y, "l1", 1e-3, restarts=2, maxit=2, restart_maxit=1)
+    assert seen[-1] == 2
