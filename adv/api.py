@@ -128,9 +128,10 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
         target: ``(B,)`` int64 targets for a targeted attack (success = target is the top class).
         restarts: random restarts per sample (a sample stops at its first verified success). None
             (default): :func:`default_restarts`, 7, or 13 for the l1 distance, where the solver's
-            outcome depends most on the start: on the digits benchmark (300 images,
-            ``benchmarks/results/adv_max_n300_cpu.md`` and runs outside the benchmark scripts) 13
-            restarts broke 169 images at l1 1.5 against 161 with 7 (APGD-CE at 100 iterations: 169),
+            outcome depends most on the start: on the digits benchmark (300 images; runs outside the
+            benchmark scripts, and ``benchmarks/results/adv_max_n300_cpu.md`` as committed at
+            c57f435 for 7 restarts) 13 restarts broke 169 images at l1 1.5 against 161 with 7
+            (APGD-CE at 100 iterations: 169),
             but only 129 / 185 against 128 / 182 at l-infinity 0.15 / l2 0.75, for about 1.4-1.5
             times the time.
         box: ``"both"`` (default: folded box constraint and clamp in the model, as the authors'
@@ -164,7 +165,7 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             restart 0's kind of start (near the clean input; at a vertex of the l-infinity ball
             the clipped cross-entropy of a confident model is too flat for the first line
             search); success is still judged by misclassification. The two losses break
-            different images, as APGD-CE and APGD-margin do. Default 2 of 7 restarts.
+            different images, as APGD-CE and APGD-margin do. Default 2 (of 7 restarts, 13 for l1).
             ``benchmarks/results/adv_max_cpu.md`` (digits CNN, 100 images) recorded 44 / 62 / 57
             images broken at l-infinity / l2 / l1, and 43 / 62 / 57 since the line search starts
             from the previous step (APGD-CE 100 it: 42 / 60 / 59; AutoAttack at
