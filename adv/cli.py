@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from adv import records as rec_io
 from adv import shard
+from adv.api import default_restarts
 
 __all__ = ["main", "build_parser", "CliError", "evaluate_batch", "THREATS"]
 
@@ -828,7 +829,8 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "data_fingerprint": data_fp, "num_samples": n_total, "input_shape": list(x.shape[1:]), "num_classes": K,
         "threat": threat, "distance": getattr(distance, "name", threat), "eps": eps, "attacks": attacks,
         "min_distortion": bool(args.min_distortion), "n": n, "batch_size": args.batch_size, "seed": args.seed,
-        "restarts": args.restarts, "ce_restarts": args.ce_restarts, "maxit": args.maxit,
+        "restarts": args.restarts if args.restarts is not None else default_restarts(distance),
+        "ce_restarts": args.ce_restarts, "maxit": args.maxit,
         "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
         "apgd_iter": args.apgd_iter,

@@ -373,3 +373,25 @@ def test_write_report_marks_a_partial_run(tmp_path, data_npz):
     assert stats["samples"] == 3 and stats["partial"]
     assert "Status: **partial**, 3 of 6 samples" in (out / "summary.md").read_text()
     shutil.rmtree(out)
+
+
+def test_restarts_default_is_the_attack_default_for_the_threat(tmp_path, data_npz):
+    """Without --restarts the command line leaves the choice to adv.default_restarts (13 for l1,
+    7 otherwise), and the settings record the number used."""
+    import adv
+
+    out = tmp_path / "rep"
+    i = FAST.index("--restarts")
+    fast = FAST[:i] + FAST[i + 2:]
+    code = cli.main(["evaluate", "--model", MODEL, "--data", str(data_npz), "--threat", "l1", "--eps", "0.05",
+                     "--attacks", "pwcf-margin", "--n", "2", "--batch-size", "2", "--examples", "0", "--out", str(out),
+                     *fast])
+    assert code == 0
+    assert json.loads((out / "settings.json").read_text())["restarts"] == 13
+
+    args = cli.build_parser().parse_args(["evaluate", "--model", MODEL, "--threat", "l1", "--eps", "0.1"])
+    assert args.restarts is None
+    assert adv.default_restarts("l1") == 13 and adv.default_restarts("l2") == 7
+    args = cli.build_parser().parse_args(["evaluate", "--model", MODEL, "--threat", "l1", "--eps", "0.1",
+                                          "--restarts", "3"])
+    assert args.restarts == 3
