@@ -155,7 +155,8 @@ def default_solver_options(kind: str) -> dict[str, Any]:
       the digits CNN (100 images, 7 restarts at l1 as then; runs outside the benchmark scripts)
       it broke 42 / 57 / 62 images at l-infinity / l1 / l2 against 43 / 57 / 62 without it, in
       0.41 / 0.39 / 0.36 s per image against 0.50 / 0.59 / 0.44 s; on the next 200 test images
-      87 / 111 against 86 / 112 (l-infinity / l1). For minimal distortion (50 images, same kind
+      87 / 111 against 86 / 112 (l-infinity / l1; a draft that applied the rule only at the start
+      of each round). For minimal distortion (50 images, same kind
       of runs) it cut the time by 23-36 % but left l1 radii 0.19 % larger (l2 +0.03 %, l-infinity
       -0.25 %), where the radius is the result.
     * ``print_level = 0`` (progress goes to the ``adv`` logger).
