@@ -326,17 +326,12 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
                      f"continued {int(res.continued.sum())}; in-run check vs judge: "
                      + (f"{len(counter.messages)} warning(s): {counter.messages}" if counter.messages
                         else "no disagreement logged") + ".")
-    if "pwcf32" in pw_runs and "pwcf_granso_ls" in pw_runs:
-        a, b = res_by["pwcf32"]["success"], res_by["pwcf_granso_ls"]["success"]
-        notes.append(f"PWCF defaults vs GRANSO's line search: both broke {int((a & b).sum())} images, only the "
-                     f"defaults {int((a & ~b).sum())}, only GRANSO's line search {int((~a & b).sum())}; time per "
-                     f"image of the defaults {res_by['pwcf32']['seconds'] / res_by['pwcf_granso_ls']['seconds']:.2f}x.")
-    if "pwcf32" in pw_runs and "pwcf_no_exit" in pw_runs:
-        a, b = res_by["pwcf32"]["success"], res_by["pwcf_no_exit"]["success"]
-        notes.append(f"PWCF defaults vs linesearch_armijo_after=None: both broke {int((a & b).sum())} images, only "
-                     f"the defaults {int((a & ~b).sum())}, only linesearch_armijo_after=None {int((~a & b).sum())}; "
-                     f"time per image of the defaults "
-                     f"{res_by['pwcf32']['seconds'] / res_by['pwcf_no_exit']['seconds']:.2f}x.")
+    for key, other in (("pwcf_granso_ls", "GRANSO's line search"), ("pwcf_no_exit", "linesearch_armijo_after=None")):
+        if "pwcf32" in pw_runs and key in pw_runs:
+            a, b = res_by["pwcf32"]["success"], res_by[key]["success"]
+            notes.append(f"PWCF defaults vs {other}: both broke {int((a & b).sum())} images, only the defaults "
+                         f"{int((a & ~b).sum())}, only {other} {int((~a & b).sum())}; time per image of the "
+                         f"defaults {res_by['pwcf32']['seconds'] / res_by[key]['seconds']:.2f}x.")
     if "pwcf32" in pw_runs and "pwcf64" in pw_runs:
         a, b = res_by["pwcf32"]["success"], res_by["pwcf64"]["success"]
         notes.append(f"PWCF float32 vs float64 solve: both broke {int((a & b).sum())} images, only float32 "
