@@ -120,6 +120,24 @@ class Lp:
         """Per-sample lp norm of ``delta`` flattened: ``(B, ...) -> (B,)``."""
         return torch.linalg.vector_norm(_flat(delta), ord=self.p, dim=1)
 
+    def norm_grad(self, delta: Tensor) -> Tensor | None:
+        """The gradient of :meth:`norm` with respect to ``delta``, flattened ``(B, n)``, without
+        autograd, for ``1 <= p < inf`` (None otherwise): ``sign(delta) (|delta| / ||delta||_p)^(p - 1)``,
+        0 on rows where ``delta = 0`` (autograd's choice there)."""
+        if not (1.0 <= self.p < math.inf):
+            return None
+        d = _flat(delta)
+        s = torch.sign(d)
+        if self.p == 1.0:
+            return s
+        nrm = torch.linalg.vector_norm(d, ord=self.p, dim=1, keepdim=True)
+        safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
+        if self.p == 2.0:
+            g = d / safe
+        else:
+            g = s * (d.abs() / safe) ** (self.p - 1.0)
+        return torch.where(nrm > 0, g, torch.zeros_like(g))
+
     def __call__(self, x: Tensor, x_ref: Tensor) -> Tensor:
         if x.shape != x_ref.shape:
             raise ValueError(

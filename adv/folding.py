@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["fold", "FOLDINGS", "fold_normaliser", "get_folding"]
+__all__ = ["fold", "fold_value_grad", "FOLDINGS", "fold_normaliser", "get_folding"]
 
 
 def _pos(v: Tensor) -> Tensor:
@@ -40,14 +40,20 @@ def _pos(v: Tensor) -> Tensor:
 
 
 def _fold_l2(v: Tensor) -> Tensor:
+    return _fold_l2_parts(v)[0]
+
+
+def _fold_l2_parts(v: Tensor) -> tuple[Tensor, Tensor]:
+    """The l2 fold of ``v`` and the positive part ``v+`` it was computed from."""
     p = _pos(v)
     m = p.amax(dim=1)
     finite = torch.isfinite(m)
     safe = torch.where((m > 0) & finite, m, torch.ones_like(m)).detach()
     val = safe * torch.linalg.vector_norm(p / safe.unsqueeze(1), ord=2, dim=1)
     val = torch.where(m > 0, val, torch.zeros_like(val))
-    # an infinite entry gives inf (m * ||p/m|| would be inf/inf = NaN); NaN stays NaN
-    return torch.where(torch.isinf(m), m, val)
+    # an infinite entry gives inf (m * ||p/m|| would be inf/inf = NaN); NaN stays NaN (the
+    # comparison m > 0 is False for NaN, which would otherwise fold it to 0)
+    return torch.where(torch.isinf(m) | torch.isnan(m), m, val), p
 
 
 def _fold_l1(v: Tensor) -> Tensor:
@@ -104,6 +110,42 @@ def fold(v: Tensor, kind: str | Callable[[Tensor], Tensor] = "l2") -> Tensor:
     if v.shape[1] == 0:
         return v.new_zeros(v.shape[0])
     return fn(v)
+
+
+def fold_value_grad(v: Tensor, kind: str | Callable[[Tensor], Tensor] = "l2") -> tuple[Tensor, Tensor] | None:
+    """``fold(v, kind)`` and its gradient ``dF/dv (B, k)`` for a built-in kind, computed without
+    autograd (None for a callable kind).
+
+    The value is :func:`fold`'s, to the bit. The gradient is the one autograd takes through the
+    formulas above: the positive part passes the gradient where ``v >= 0``; ``l2``:
+    ``v+ / ||v+||`` (0 on a row that folds to 0, NaN at the infinite entries of a row that folds to
+    inf); ``l1``: 1; ``max``: split evenly over the entries equal to ``max(v+)``; ``sumsq``:
+    ``2 v+`` (0 on a row whose sum underflowed). Every row depends on its own entries only.
+    """
+    if callable(kind) and not isinstance(kind, str):
+        return None
+    get_folding(kind)  # validates the name
+    key = str(kind).lower()
+    if v.dim() != 2:
+        raise ValueError(f"fold_value_grad expects a tensor of shape (B, k), got {tuple(v.shape)}")
+    if v.shape[1] == 0:
+        return v.new_zeros(v.shape[0]), v.new_zeros(v.shape)
+    if key == "l2":
+        val, p = _fold_l2_parts(v)
+        col = val.unsqueeze(1)
+        return val, p / torch.where(col > 0, col, torch.ones_like(col))
+    pass_ = (v >= 0).to(v.dtype)
+    if key == "l1":
+        return _fold_l1(v), pass_
+    if key in ("max", "linf"):
+        p = _pos(v)
+        m = p.amax(dim=1, keepdim=True)
+        top = (p == m).to(v.dtype)
+        return m.squeeze(1), top / top.sum(dim=1, keepdim=True).clamp_min(1) * pass_
+    p = _pos(v)
+    val = _fold_sumsq(v)
+    underflow = ((p * p).sum(dim=1, keepdim=True) == 0) & (p.amax(dim=1, keepdim=True) > 0)
+    return val, torch.where(underflow, torch.zeros_like(p), 2 * p)
 
 
 def fold_normaliser(kind: str | Callable[[Tensor], Tensor], k: int) -> float:

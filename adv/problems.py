@@ -10,7 +10,12 @@ per-sample data (clean images, labels, targets, budgets) is indexed with ``idx``
 * ``problem.to_image(z)``: the image part ``x'`` of ``z``, shape ``(k, *image_shape)``;
 * ``problem.rows(rows)``: the same problem restricted to batch positions ``rows``, for solves on a
   compacted subset (the returned callable maps the solver's ``idx`` back through ``rows``);
-* ``problem.constraint_names``: one name per column of ``ci``.
+* ``problem.constraint_names``: one name per column of ``ci``;
+* ``problem.with_gradients(z, idx)``: ``(f, f_grad, ci, ci_grad, None, None)``, the form of
+  ``SolverOptions(globalAD=False)``: the same values, with the gradients of the columns that do
+  not involve the model (distance, slack and box constraints; the minimal-distortion objective) in
+  closed form (lp distances with ``p >= 1``, the built-in foldings) and the others by one autograd
+  pass each; ``problem.rows(rows, gradients=True)`` is the solver's callable of that form.
 
 Constraints are grouped by meaning and each group is folded into one column
 (:mod:`adv.folding`):
@@ -64,13 +69,14 @@ Box ``[0, 1]`` handling (``box``):
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from adv.distances import Distance, Lp, parse_distance
-from adv.folding import fold, fold_normaliser, get_folding
+from adv.folding import fold, fold_normaliser, fold_value_grad, get_folding
 from adv.losses import CE_CLIP_PAPER, LOSSES, ce_clip_code, margin
 
 __all__ = [
@@ -116,6 +122,11 @@ def _is_linf(distance: Distance) -> bool:
     return isinstance(distance, Lp) and math.isinf(float(distance.p))
 
 
+def _has_fold_grad(kind: Any) -> bool:
+    """Whether :func:`adv.folding.fold_value_grad` has the gradient of folding ``kind`` in closed form."""
+    return isinstance(kind, str)
+
+
 def _p_of(distance: Distance) -> float | None:
     return float(distance.p) if isinstance(distance, Lp) else None
 
@@ -129,7 +140,8 @@ class _Rows:
     duration of the call.
     """
 
-    def __init__(self, problem: _AttackProblem, rows: Tensor, rival: Tensor | None = None) -> None:
+    def __init__(self, problem: _AttackProblem, rows: Tensor, rival: Tensor | None = None, *,
+                 gradients: bool = False) -> None:
         if not isinstance(rows, Tensor) or rows.dim() != 1 or rows.dtype != torch.long:
             raise TypeError(f"rows must be a 1-D int64 tensor, got "
                             f"{tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__}"
@@ -143,17 +155,28 @@ class _Rows:
         self.problem = problem
         self.rows_ = rows
         self.rival_ = rival
+        self.gradients = bool(gradients)
 
-    def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, None]:
+    def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor | None, ...]:
         pos = self.rows_.to(idx.device)[idx]
+        fn = self.problem.with_gradients if self.gradients else self.problem
         if self.rival_ is None:
-            return self.problem(z, pos)
+            return fn(z, pos)
         prev = self.problem._row_rival
         self.problem._row_rival = self.rival_.to(idx.device)[idx]
         try:
-            return self.problem(z, pos)
+            return fn(z, pos)
         finally:
             self.problem._row_rival = prev
+
+
+class Column(NamedTuple):
+    """One output of an attack problem as a function of the variables ``z (k, n_var)``:
+    ``value(z) -> (k,)`` and, where it has a closed form, ``value_and_grad(z) -> ((k,), (k, n_var))``
+    computed without autograd (None: the gradient is taken by autograd)."""
+
+    value: Callable[[Tensor], Tensor]
+    value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
 
 
 class _AttackProblem:
@@ -210,10 +233,109 @@ class _AttackProblem:
             return torch.cat([xs, delta.amax(dim=1, keepdim=True)], dim=1)
         return torch.cat([xs, delta], dim=1)
 
-    def rows(self, rows: Tensor, rival: Tensor | None = None) -> _Rows:
+    def rows(self, rows: Tensor, rival: Tensor | None = None, *, gradients: bool = False) -> _Rows:
         """This problem on the batch positions ``rows`` only (for solves on a compacted subset;
-        positions may repeat), optionally with a rival class ``rival (k,)`` per row."""
-        return _Rows(self, rows, rival)
+        positions may repeat), optionally with a rival class ``rival (k,)`` per row;
+        ``gradients=True``: the callable returns gradients too (:meth:`with_gradients`, for
+        ``SolverOptions(globalAD=False)``)."""
+        return _Rows(self, rows, rival, gradients=gradients)
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def columns(self, idx: Tensor) -> tuple[Column, list[Column]]:
+        """The objective and the constraint columns of rows ``idx``."""
+        raise NotImplementedError
+
+    def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, None]:
+        self.evaluations += int(z.shape[0])
+        fcol, cols = self.columns(idx)
+        return fcol.value(z), torch.stack([c.value(z) for c in cols], dim=1), None
+
+    def with_gradients(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None, None]:
+        """``(f, f_grad, ci, ci_grad, None, None)`` (the form of ``SolverOptions(globalAD=False)``):
+        the same values as :meth:`__call__`; the gradients of the columns that do not involve the
+        model (distance, slack and box constraints, the min-distortion objective) in closed form,
+        the others by one backward pass each. Shapes ``(k,), (k, n_var), (k, p), (k, p, n_var)``."""
+        self.evaluations += int(z.shape[0])
+        fcol, cols = self.columns(idx)
+        allc = [fcol] + cols
+        z0 = z.detach()
+        vals: list[Tensor | None] = [None] * len(allc)
+        grads: list[Tensor | None] = [None] * len(allc)
+        auto = []
+        with torch.no_grad():
+            for j, c in enumerate(allc):
+                if c.value_and_grad is None:
+                    auto.append(j)
+                else:
+                    vals[j], grads[j] = c.value_and_grad(z0)
+        if auto:
+            with torch.enable_grad():
+                zl = z0.clone().requires_grad_(True)
+                outs = [allc[j].value(zl) for j in auto]
+                for pos, (j, out) in enumerate(zip(auto, outs)):
+                    g = None
+                    if out.requires_grad:
+                        (g,) = torch.autograd.grad(out.sum(), zl, retain_graph=pos < len(auto) - 1,
+                                                   allow_unused=True)
+                    vals[j] = out.detach()
+                    grads[j] = torch.zeros_like(z0) if g is None else g
+        f, gf = vals[0], grads[0]
+        ci = torch.stack(vals[1:], dim=1)  # type: ignore[arg-type]
+        Ji = torch.stack(grads[1:], dim=1)  # type: ignore[arg-type]
+        return f, gf, ci, Ji, None, None  # type: ignore[return-value]
+
+    def _zgrad(self, img: Tensor, slack: Tensor | None = None) -> Tensor:
+        """A gradient with respect to ``z (k, n_var)`` from its image part ``(k, n)`` and its slack
+        part (None: 0)."""
+        if self.slack == "none":
+            return img
+        if slack is None:
+            slack = img.new_zeros(img.shape[0], self.n_var - self.n)
+        return torch.cat([img, slack], dim=1)
+
+    def _delta(self, z: Tensor, idx: Tensor) -> Tensor:
+        """``x' - x`` flattened, ``(k, n)``."""
+        return (self.to_image(z) - self.x[idx]).reshape(z.shape[0], -1)
+
+    def _fold_vg(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """``fold(v)`` and ``dF/dv`` for the problem's (built-in) folding kind."""
+        out = fold_value_grad(v, self.folding)
+        assert out is not None
+        return out
+
+    def _closed_distance(self) -> bool:
+        """Whether :meth:`_distance_value_grad` has the distance's gradient in closed form."""
+        return isinstance(self.distance, Lp) and 1.0 <= self.distance.p < math.inf
+
+    def _distance_value_grad(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``d(x', x)`` and its gradient with respect to the image, for an lp distance with
+        ``1 <= p < inf`` (None for others)."""
+        if not isinstance(self.distance, Lp):
+            return None
+        xp, xr = self.to_image(z), self.x[idx]
+        g = self.distance.norm_grad(xp - xr.to(xp.dtype))
+        if g is None:
+            return None
+        return self.distance(xp, xr), g
+
+    def _box_columns(self) -> list[Column]:
+        if self.box not in ("fold", "both"):
+            return []
+        scale = fold_normaliser(self.folding, self.n) if self.box_normalise else 1.0
+
+        def value(z: Tensor) -> Tensor:
+            c = self._box_column(self.to_image(z))
+            assert c is not None
+            return c
+
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            s = z[:, :self.n] - 0.5
+            val, g = self._fold_vg(s.abs() - 0.5)
+            if scale != 1.0:
+                return val / scale, self._zgrad(g * torch.sign(s) / scale)
+            return val, self._zgrad(g * torch.sign(s))
+
+        return [Column(value, value_and_grad if _has_fold_grad(self.folding) else None)]
 
     # -- pieces -------------------------------------------------------------------------------------
     def _model_input(self, xp: Tensor) -> Tensor:
@@ -364,20 +486,59 @@ class MaxLossProblem(_AttackProblem):
             return fold(delta.abs() - eps.unsqueeze(1), self.folding)
         return self.distance(xp, xr) - eps
 
-    def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, None]:
-        self.evaluations += int(z.shape[0])
-        xp = self.to_image(z)
-        f = self.objective(self.logits(xp), idx)
+    def columns(self, idx: Tensor) -> tuple[Column, list[Column]]:
+        def objective(z: Tensor) -> Tensor:
+            return self.objective(self.logits(self.to_image(z)), idx)
+
+        return Column(objective), self._distance_columns(idx) + self._box_columns()
+
+    def _distance_columns(self, idx: Tensor) -> list[Column]:
+        eps = self.eps[idx]
+        folding = _has_fold_grad(self.folding)
         if self.l1_slack:
-            t = z[:, self.n:]
-            delta = (xp - self.x[idx]).reshape(z.shape[0], -1)
-            cols = [t.sum(dim=1) - self.eps[idx], fold(torch.cat([delta - t, -delta - t], dim=1), self.folding)]
-        else:
-            cols = [self._distance_column(xp, idx)]
-        box = self._box_column(xp)
-        if box is not None:
-            cols.append(box)
-        return f, torch.stack(cols, dim=1), None
+            def budget(z: Tensor) -> Tensor:
+                return z[:, self.n:].sum(dim=1) - eps
+
+            def budget_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                return budget(z), self._zgrad(torch.zeros_like(z[:, :self.n]), torch.ones_like(z[:, self.n:]))
+
+            def hinges(z: Tensor) -> Tensor:
+                t, delta = z[:, self.n:], self._delta(z, idx)
+                return torch.cat([delta - t, -delta - t], dim=1)
+
+            def hinge_value(z: Tensor) -> Tensor:
+                return fold(hinges(z), self.folding)
+
+            def hinge_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                val, g = self._fold_vg(hinges(z))
+                a, b = g[:, :self.n], g[:, self.n:]
+                return val, self._zgrad(a - b, -a - b)
+
+            return [Column(budget, budget_grad), Column(hinge_value, hinge_grad if folding else None)]
+
+        def value(z: Tensor) -> Tensor:
+            return self._distance_column(self.to_image(z), idx)
+
+        if _is_linf(self.distance):
+            if self.linf_form == "original" or not folding:
+                return [Column(value)]
+
+            def linf_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                delta = self._delta(z, idx)
+                val, g = self._fold_vg(delta.abs() - eps.unsqueeze(1))
+                return val, self._zgrad(g * torch.sign(delta))
+
+            return [Column(value, linf_grad)]
+
+        if not self._closed_distance():
+            return [Column(value)]
+
+        def lp_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            out = self._distance_value_grad(z, idx)
+            assert out is not None
+            return out[0] - eps, self._zgrad(out[1])
+
+        return [Column(value, lp_grad)]
 
 
 class MinDistortionProblem(_AttackProblem):
@@ -428,32 +589,67 @@ class MinDistortionProblem(_AttackProblem):
         """The slack part of ``z``: ``(k, 1)`` for l-infinity, ``(k, n)`` for the l1 epigraph."""
         return z[:, self.n:]
 
-    def __call__(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, None]:
-        self.evaluations += int(z.shape[0])
-        k = z.shape[0]
-        xp = self.to_image(z)
-        xr = self.x[idx]
-        logits = self.logits(xp)
-        m = self._margin(logits, idx)
-        cols = [-m + self.margin_offset]
+    def columns(self, idx: Tensor) -> tuple[Column, list[Column]]:
+        def misclassification(z: Tensor) -> Tensor:
+            return -self._margin(self.logits(self.to_image(z)), idx) + self.margin_offset
+
+        cols = [Column(misclassification)]
+        folding = _has_fold_grad(self.folding)
         if self.slack == "t":
-            t = z[:, self.n]
-            delta = (xp - xr).reshape(k, -1)
-            f = t * self.linf_scale
-            cols.append(fold(delta.abs() - t.unsqueeze(1), self.folding))
+            def f_t(z: Tensor) -> Tensor:
+                return z[:, self.n] * self.linf_scale
+
+            def f_t_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                return f_t(z), self._zgrad(torch.zeros_like(z[:, :self.n]),
+                                           torch.full_like(z[:, self.n:], self.linf_scale))
+
+            def hinge_t(z: Tensor) -> Tensor:
+                return fold(self._delta(z, idx).abs() - z[:, self.n:], self.folding)
+
+            def hinge_t_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                delta = self._delta(z, idx)
+                val, g = self._fold_vg(delta.abs() - z[:, self.n:])
+                return val, self._zgrad(g * torch.sign(delta), -g.sum(dim=1, keepdim=True))
+
+            fcol = Column(f_t, f_t_grad)
+            cols.append(Column(hinge_t, hinge_t_grad if folding else None))
         elif self.slack == "t_vec":
-            t = z[:, self.n:]
-            delta = (xp - xr).reshape(k, -1)
-            f = t.sum(dim=1)
-            cols.append(fold(torch.cat([delta - t, -delta - t], dim=1), self.folding))
+            def f_sum(z: Tensor) -> Tensor:
+                return z[:, self.n:].sum(dim=1)
+
+            def f_sum_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                return f_sum(z), self._zgrad(torch.zeros_like(z[:, :self.n]), torch.ones_like(z[:, self.n:]))
+
+            def hinges(z: Tensor) -> Tensor:
+                t, delta = z[:, self.n:], self._delta(z, idx)
+                return torch.cat([delta - t, -delta - t], dim=1)
+
+            def hinge_vec(z: Tensor) -> Tensor:
+                return fold(hinges(z), self.folding)
+
+            def hinge_vec_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                val, g = self._fold_vg(hinges(z))
+                a, b = g[:, :self.n], g[:, self.n:]
+                return val, self._zgrad(a - b, -a - b)
+
+            fcol = Column(f_sum, f_sum_grad)
+            cols.append(Column(hinge_vec, hinge_vec_grad if folding else None))
         elif _is_linf(self.distance):  # original form
-            f = (xp - xr).reshape(k, -1).abs().amax(dim=1)
+            def f_linf(z: Tensor) -> Tensor:
+                return self._delta(z, idx).abs().amax(dim=1)
+
+            fcol = Column(f_linf)
         else:
-            f = self.distance(xp, xr)
-        box = self._box_column(xp)
-        if box is not None:
-            cols.append(box)
-        return f, torch.stack(cols, dim=1), None
+            def f_dist(z: Tensor) -> Tensor:
+                return self.distance(self.to_image(z), self.x[idx])
+
+            def f_dist_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+                out = self._distance_value_grad(z, idx)
+                assert out is not None
+                return out[0], self._zgrad(out[1])
+
+            fcol = Column(f_dist, f_dist_grad if self._closed_distance() else None)
+        return fcol, cols + self._box_columns()
 
 
 def max_loss_problem(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, **kw: Any) -> MaxLossProblem:

@@ -43,6 +43,24 @@ def test_lp_matches_numpy(p, a, data):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0])
+@given(a=batches)
+@example(a=np.zeros((2, 3)))
+@example(a=np.array([[0.0, 1.0, -2.0], [1e-200, 0.0, 0.0]]))
+def test_norm_grad_matches_autograd(p, a):
+    d = torch.from_numpy(a).reshape(a.shape[0], 1, -1)
+    g = Lp(p).norm_grad(d)
+    dd = d.clone().requires_grad_(True)
+    (ga,) = torch.autograd.grad(Lp(p).norm(dd).sum(), dd)
+    assert g.shape == (a.shape[0], a.shape[1])
+    torch.testing.assert_close(g, ga.reshape(g.shape), rtol=1e-10, atol=1e-300)
+
+
+def test_norm_grad_only_in_closed_form_for_p_at_least_one():
+    d = torch.randn(2, 4, dtype=torch.float64)
+    assert Lp(0.5).norm_grad(d) is None and Lp(math.inf).norm_grad(d) is None
+
+
 def test_lp_shapes_dtype_and_gradient():
     x = torch.rand(3, 2, 4, 4, dtype=torch.float32, requires_grad=True)
     xr = torch.rand(3, 2, 4, 4, dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adv.folding import FOLDINGS, fold, fold_normaliser, get_folding
+from adv.folding import FOLDINGS, fold, fold_normaliser, fold_value_grad, get_folding
 
 KINDS = ["l2", "l1", "max", "sumsq"]
 
@@ -100,3 +100,41 @@ def test_normaliser_and_callable():
     assert fold(v, "sumsq").item() / fold_normaliser("sumsq", n) == pytest.approx(a * a)
     assert fold(v, lambda t: t.clamp(min=0).sum(1) * 2).item() == pytest.approx(2 * n * a)
     assert fold(torch.zeros(2, 0), "l2").tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@given(rows=_rows)
+def test_value_grad_is_fold_and_its_autograd_gradient(kind, rows):
+    v = torch.tensor(rows, dtype=torch.float64)
+    val, g = fold_value_grad(v, kind)
+    assert torch.equal(val, fold(v, kind))  # the value to the bit
+    vv = v.clone().requires_grad_(True)
+    (ga,) = torch.autograd.grad(fold(vv, kind).sum(), vv)
+    ok = torch.isfinite(val)  # rows that fold to inf have no meaningful gradient
+    torch.testing.assert_close(g[ok], ga[ok], rtol=1e-12, atol=0)
+    assert g.shape == v.shape
+
+
+def test_value_grad_edge_rows_and_callable():
+    v = torch.tensor([[-1.0, -2.0, 0.0], [2.0, 2.0, -1.0], [0.0, 3.0, 4.0]], dtype=torch.float64)
+    val, g = fold_value_grad(v, "max")
+    assert val.tolist() == [0.0, 2.0, 4.0]
+    # ties of max(v+) split the gradient (row 0: all three positive parts are 0), and the positive
+    # part passes it only where v >= 0: autograd's choices
+    assert g.tolist() == [[0.0, 0.0, 1 / 3], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    assert fold_value_grad(v, "l1")[1].tolist() == [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    val, g = fold_value_grad(v, "l2")
+    assert torch.allclose(g[2], torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64))
+    assert g[0].tolist() == [0.0, 0.0, 0.0]
+    assert fold_value_grad(v, lambda t: t.clamp(min=0).sum(1)) is None
+    val, g = fold_value_grad(torch.zeros(2, 0), "l2")
+    assert val.shape == (2,) and g.shape == (2, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_entries_fold_to_nan(kind):
+    v = torch.tensor([[math.nan, 1.0], [-1.0, math.nan], [-1.0, -2.0]], dtype=torch.float64)
+    out = fold(v, kind)
+    assert torch.isnan(out[:2]).all(), out  # never 0: a NaN constraint is not satisfied
+    assert out[2].item() == 0.0
+    assert torch.equal(fold_value_grad(v, kind)[0].isnan(), out.isnan())

@@ -196,3 +196,100 @@ def test_min_distortion_problem_solves_with_ncvx(data):
     g = x[rows] @ w - 0.5 * w.sum() - 0.05
     ref = g.abs() / w.norm()
     assert torch.allclose(res.best.f, ref, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- gradients without autograd
+def _features(x):
+    return [x, torch.relu(x - 0.5)]
+
+
+def _custom_fold(v):
+    return v.clamp(min=0).pow(3).sum(1)
+
+
+_MAX_CASES = [
+    dict(distance="linf"),
+    dict(distance="linf", folding="l1", box="fold"),
+    dict(distance="linf", folding="max", box="clamp"),
+    dict(distance="linf", folding="sumsq", box="both", box_normalise=False),
+    dict(distance="linf", folding=_custom_fold),
+    dict(distance="linf", linf_form="original", box="none"),
+    dict(distance="l2"),
+    dict(distance="l1", clamp_grad="plain"),
+    dict(distance="l1", l1_slack=True),
+    dict(distance="l1", l1_slack=True, folding="max"),
+    dict(distance=Lp(1.5), loss="ce", num_classes=3),
+    dict(distance=Lp(0.5), box="fold"),
+    dict(distance="perceptual"),
+]
+_MIN_CASES = [
+    dict(distance="linf"),
+    dict(distance="linf", folding="l1", box="clamp"),
+    dict(distance="linf", folding=_custom_fold),
+    dict(distance="linf", linf_form="original"),
+    dict(distance="l2", box="fold"),
+    dict(distance="l1"),
+    dict(distance="l1", l1_slack=True, folding="sumsq"),
+    dict(distance=Lp(3.0), box="none"),
+    dict(distance=Lp(0.5)),
+    dict(distance="perceptual"),
+]
+
+
+def _autograd_columns(p, z, idx):
+    """(f, ci) and their gradients by autograd, one backward per column."""
+    zl = z.clone().requires_grad_(True)
+    f, ci, _ = p(zl, idx)
+    cols = [f] + [ci[:, j] for j in range(ci.shape[1])]
+    grads = []
+    for j, c in enumerate(cols):
+        (g,) = torch.autograd.grad(c.sum(), zl, retain_graph=j < len(cols) - 1, allow_unused=True)
+        grads.append(torch.zeros_like(z) if g is None else g)
+    return f.detach(), ci.detach(), grads[0], torch.stack(grads[1:], dim=1)
+
+
+@pytest.mark.parametrize("kind,case", [("max", c) for c in _MAX_CASES] + [("min", c) for c in _MIN_CASES])
+def test_with_gradients_matches_autograd(kind, case):
+    from adv.distances import Perceptual
+
+    g = torch.Generator().manual_seed(3)
+    x = (0.5 + 0.2 * torch.randn(4, 1, 2, 3, generator=g, dtype=D)).clamp(0, 1)
+    model = Affine(6, K=4).eval()
+    y = model(x).argmax(1)
+    kw = dict(case)
+    if kw["distance"] == "perceptual":
+        kw["distance"] = Perceptual(_features)
+    if kind == "max":
+        p = MaxLossProblem(model, x, y, kw.pop("distance"), torch.full((4,), 0.1, dtype=D), **kw)
+    else:
+        p = MinDistortionProblem(model, x, y, kw.pop("distance"), **kw)
+    idx = torch.tensor([2, 0, 3, 3, 1])
+    # points off the kinks: some pixels beyond the ball and outside the box, slacks above and below |delta|
+    z = p.x0(x[idx] + 0.15 * torch.randn(5, 1, 2, 3, generator=g, dtype=D), idx)
+    if p.n_var > p.n:
+        z[:, p.n:] += 0.05 * torch.randn(5, p.n_var - p.n, generator=g, dtype=D)
+    f0, ci0, _ = p(z, idx)
+    f, gf, ci, Ji, ce, Je = p.with_gradients(z, idx)
+    assert ce is None and Je is None
+    assert torch.equal(f, f0) and torch.equal(ci, ci0)  # the values of __call__, to the bit
+    fa, cia, gfa, Jia = _autograd_columns(p, z, idx)
+    assert gf.shape == (5, p.n_var) and Ji.shape == (5, len(p.constraint_names), p.n_var)
+    torch.testing.assert_close(gf, gfa, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(Ji, Jia, rtol=1e-12, atol=1e-14)
+    assert (Ji != 0).any()  # the points do violate some constraints
+
+
+def test_rows_with_gradients_is_the_solver_form(data):
+    model, x, y = data
+    p = MaxLossProblem(model, x, y, "linf", torch.full((4,), 0.05, dtype=D))
+    rows = torch.tensor([1, 3])
+    fn = p.rows(rows, gradients=True)
+    z = p.x0(x[rows])
+    out = fn(z, torch.tensor([1, 0]))
+    assert len(out) == 6 and out[1].shape == (2, 6)
+    ref = p.with_gradients(z, torch.tensor([3, 1]))
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    opts = SolverOptions(globalAD=False, maxit=5, print_level=0)
+    res = solve(fn, z, opts)
+    res_ad = solve(p.rows(rows), z, SolverOptions(maxit=5, print_level=0))
+    torch.testing.assert_close(res.final.x, res_ad.final.x, rtol=1e-9, atol=1e-12)

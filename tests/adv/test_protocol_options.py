@@ -195,8 +195,8 @@ def test_runner_passes_rivals_per_row_and_never_mutates_the_problem(parallel):
     seen: list[torch.Tensor] = []
     real_rows = p.rows  # the runner solves p.rows(rows, rival): record the rival each solver row sees
 
-    def rows(r, rival=None):
-        inner = real_rows(r, rival)
+    def rows(r, rival=None, gradients=False):
+        inner = real_rows(r, rival, gradients=gradients)
 
         def fn(z, idx):
             seen.append(torch.full_like(idx, -1) if rival is None else rival[idx].clone())
@@ -309,6 +309,38 @@ def test_max_loss_line_searches_return_their_lower_bracket_end_after_12_trials()
         SolverOptions(**default_solver_options(kind))  # valid options
 
 
+def test_solves_take_closed_form_constraint_gradients_unless_asked_for_autograd(monkeypatch):
+    """The runner's solves call ``problem.with_gradients`` (``globalAD=False``, the default);
+    ``solver_options={'globalAD': True}`` goes back to one autograd pass per column, with the
+    same verdicts on a linear classifier."""
+    import adv
+    from adv.problems import MaxLossProblem as MLP
+
+    assert default_solver_options("max")["globalAD"] is False
+    assert default_solver_options("min")["globalAD"] is False
+    model, x, y = _three_class()
+    calls = {"with": 0, "plain": 0}
+    w0, c0 = MLP.with_gradients, MLP.__call__
+
+    def counted_with(self, z, idx):
+        calls["with"] += 1
+        return w0(self, z, idx)
+
+    def counted_call(self, z, idx):
+        calls["plain"] += 1
+        return c0(self, z, idx)
+
+    monkeypatch.setattr(MLP, "with_gradients", counted_with)
+    monkeypatch.setattr(MLP, "__call__", counted_call)
+    a = adv.attack(model, x, y, "l2", eps=0.3, restarts=2, maxit=30, restart_maxit=15)
+    assert calls["with"] > 0 and calls["plain"] == 0
+    calls.update({"with": 0, "plain": 0})
+    b = adv.attack(model, x, y, "l2", eps=0.3, restarts=2, maxit=30, restart_maxit=15,
+                   solver_options={"globalAD": True})
+    assert calls["with"] == 0 and calls["plain"] > 0
+    assert torch.equal(a.success, b.success)
+
+
 def test_rows_view_rejects_bad_rows_and_rivals():
     model, x, y = _three_class()
     p = MinDistortionProblem(model, x, y, "l2", box="none")
@@ -356,8 +388,8 @@ def test_ce_restarts_are_the_last_ones(parallel):
     seen: list[set[int]] = []
     real_rows = p.rows
 
-    def rows(r, rival=None):
-        inner = real_rows(r, rival)
+    def rows(r, rival=None, gradients=False):
+        inner = real_rows(r, rival, gradients=gradients)
 
         def fn(z, idx):
             seen.append({-1} if rival is None else set(rival[idx].tolist()))
