@@ -299,6 +299,9 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
                 ("pwcf_granso_ls", None, {"linesearch_previous_step": False, "linesearch_armijo_after": None},
                  "PWCF margin, adv.attack(solver_options={'linesearch_previous_step': False, "
                  "'linesearch_armijo_after': None}): GRANSO's line search, from step 1"),
+                ("pwcf_autograd", None, {"globalAD": True},
+                 "PWCF margin, adv.attack(solver_options={'globalAD': True}): every column's gradient by autograd "
+                 "(one backward pass per column)"),
                 ("pwcf64", torch.float64, None, "PWCF margin, adv.attack(dtype=torch.float64) (previous default)"))
     for key, dtype, sopts, label in variants:
         if key == "pwcf64" and args.no_float64:
@@ -306,6 +309,9 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
             continue
         if key == "pwcf_granso_ls" and args.no_granso_ls:
             notes.append("--no-granso-ls: the run with GRANSO's line search was skipped.")
+            continue
+        if key == "pwcf_autograd" and args.no_autograd_row:
+            notes.append("--no-autograd-row: the run with globalAD=True was skipped.")
             continue
         if key == "pwcf_no_exit" and args.no_exit_row:
             notes.append("--no-exit-row: the run with linesearch_armijo_after=None was skipped.")
@@ -326,7 +332,8 @@ def section_attack(args: argparse.Namespace, model: nn.Module, info: dict[str, A
                      f"continued {int(res.continued.sum())}; in-run check vs judge: "
                      + (f"{len(counter.messages)} warning(s): {counter.messages}" if counter.messages
                         else "no disagreement logged") + ".")
-    for key, other in (("pwcf_granso_ls", "GRANSO's line search"), ("pwcf_no_exit", "linesearch_armijo_after=None")):
+    for key, other in (("pwcf_granso_ls", "GRANSO's line search"), ("pwcf_no_exit", "linesearch_armijo_after=None"),
+                       ("pwcf_autograd", "globalAD=True")):
         if "pwcf32" in pw_runs and key in pw_runs:
             a, b = res_by["pwcf32"]["success"], res_by[key]["success"]
             notes.append(f"PWCF defaults vs {other}: both broke {int((a & b).sum())} images, only the defaults "
@@ -422,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "{'linesearch_previous_step': False, 'linesearch_armijo_after': None})")
     ap.add_argument("--no-exit-row", action="store_true",
                     help="skip the adv.attack run with solver_options={'linesearch_armijo_after': None}")
+    ap.add_argument("--no-autograd-row", action="store_true",
+                    help="skip the adv.attack run with solver_options={'globalAD': True} (autograd for every column)")
     ap.add_argument("--aa-steps", type=int, default=100, help="iterations of APGD, APGD-T, FAB-T (default 100)")
     ap.add_argument("--square-queries", type=int, default=5000, help="Square queries (default 5000)")
     ap.add_argument("--cost-batch", type=int, default=50, help="batch of the cost section (default 50)")
