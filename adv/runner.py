@@ -531,17 +531,46 @@ def _start_min(ctx: CheckContext, rows: Tensor, r: int, seed: int, init: str, sc
 
 # ------------------------------------------------------------------------------------------------
 # halt callback
+#: max-loss in-run checks: a row whose objective is the clipped margin and whose iterate has a
+#: margin below ``-CHECK_FAR_MARGIN`` (in the solver's own evaluation) is checked only on every
+#: ``CHECK_FAR_EVERY``-th iteration (see :class:`_Halt`)
+CHECK_FAR_MARGIN = 0.01
+CHECK_FAR_EVERY = 4
+
+
 class _Halt:
-    """Early stop (max-loss), trajectory tracking (min-distortion) and per-sample iteration caps."""
+    """Early stop (max-loss), trajectory tracking (min-distortion) and per-sample iteration caps.
+
+    Each accepted iterate is repaired (max-loss: clipped to the box and pulled into the ball) and
+    checked as the judge would (:func:`_check`). ``margin_rows (k,)`` marks the solver rows whose
+    objective is ``-min(margin, clip)``: there the solver's value gives the margin at the
+    (unrepaired) iterate, and a row whose margin is below ``-far_margin`` is checked only when its
+    iteration count is a multiple of ``far_every`` (the repair pulls an iterate that left the ball
+    back in, which lowers its margin in nearly every case: on the digits CNN, 100 images at
+    l-infinity, l2 and l1, none of the 74 000 checked iterates with a margin below -0.01 was a
+    success, and the largest margin gain of the repair among them was 0.15, ad hoc). A success
+    there is found at most ``far_every - 1`` iterations late, and every solve's final and best
+    points are checked at its end. On a CIFAR-sized CNN (``benchmarks/bench_adv_cost.py``'s model,
+    l-infinity 0.12, 16 images, ad hoc runs side by side) the checks took 12 % of the attack
+    without deferral and 6 % with it: 5.96 instead of 6.36 s per image, with the same iterations
+    and successes; on the digits CNN (100 images) the time changed by less than 3 % at l-infinity,
+    l2 and l1, with the same successes.
+    """
 
     def __init__(self, ctx: CheckContext, problem: Any, rows: Tensor, *, stop_on_success: bool,
-                 budget: Tensor | None, repair: bool) -> None:
+                 budget: Tensor | None, repair: bool, margin_rows: Tensor | None = None,
+                 far_margin: float | None = None, far_every: int | None = None) -> None:
         self.ctx = ctx
         self.problem = problem
         self.rows = rows
         self.stop_on_success = stop_on_success
         self.budget = budget
         self.repair = repair
+        self.margin_rows = margin_rows
+        self.far_margin = float(CHECK_FAR_MARGIN if far_margin is None else far_margin)
+        self.far_every = int(CHECK_FAR_EVERY if far_every is None else far_every)
+        self.checked = 0  # rows checked
+        self.deferred = torch.zeros((), dtype=torch.long, device=rows.device)  # rows whose check was deferred
         k = rows.shape[0]
         shape = ctx.x64.shape[1:]
         self.best = Candidate(torch.zeros(k, *shape, dtype=torch.float64, device=rows.device),
@@ -562,7 +591,15 @@ class _Halt:
         upd = info.updated.to(self.rows.device)
         running = info.status.to(self.rows.device) == -1
         stop = torch.zeros_like(upd)
-        u = torch.nonzero(upd).flatten()
+        sel = upd
+        if self.margin_rows is not None and self.far_every > 1:
+            m_it = -info.f.to(self.rows.device)
+            it = info.iteration.to(self.rows.device)
+            far = self.margin_rows & (m_it < -self.far_margin) & (it % self.far_every != 0)
+            sel = upd & ~far
+            self.deferred += (upd & far).sum()
+        u = torch.nonzero(sel).flatten()
+        self.checked += int(u.numel())
         if u.numel():
             z = info.x[u].to(torch.float64)
             img = self.problem.to_image(z)
@@ -581,6 +618,8 @@ class _Halt:
             if self.stop_on_success:
                 stop[u] = c.success | self.solved[r]
                 self.solved[r[c.success]] = True
+        if self.stop_on_success:
+            stop |= upd & self.solved[self.rows]  # rows whose sample another row solved, checked or not
         if self.budget is not None:
             over = upd & running & ~stop & (info.iteration.to(self.rows.device) >= self.budget)
             self.budget_hit |= over
@@ -701,6 +740,15 @@ class _Protocol:
         if self.order is None or not (1 <= r <= self.class_restarts):
             return None
         return self.order[rows, r]
+
+    def _margin_rows(self, rows: Tensor, rival: Tensor | None) -> Tensor | None:
+        """Solver rows whose objective is ``-min(margin, clip)`` (max-loss with the margin loss, no
+        rival class, no cross-entropy row), whose in-run checks :class:`_Halt` may defer; None: no row."""
+        if self.kind != "max" or getattr(self.problem, "loss_name", None) != "margin":
+            return None
+        if rival is None:
+            return torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+        return rival.to(rows.device) == -1
 
     def _restart_name(self, r: int, rival: Tensor | None) -> str:
         if rival is None:
@@ -830,7 +878,7 @@ class _Protocol:
                 rival_g = torch.cat([torch.full((k,), -1, dtype=torch.long, device=rows.device) if rv is None
                                      else rv.to(rows.device) for rv in rivals])
             halt = _Halt(self.ctx, self.problem, rows_g, stop_on_success=self.kind == "max", budget=None,
-                         repair=self.kind == "max")
+                         repair=self.kind == "max", margin_rows=self._margin_rows(rows_g, rival_g))
             t = time.monotonic()
             res = self._solve(rows_g, z0, self._options(self.restart_maxit, halt), rival_g)
             self.restarts_used[rows] += len(group)
@@ -862,8 +910,9 @@ class _Protocol:
             logger.info("PWCF %s: time limit reached before the continuation", label)
             return
         budget = left[rows]
+        rival = self.cont_rival[rows]
         halt = _Halt(self.ctx, self.problem, rows, stop_on_success=self.kind == "max", budget=budget,
-                     repair=self.kind == "max")
+                     repair=self.kind == "max", margin_rows=self._margin_rows(rows, rival))
         extra: dict[str, Any] = dict(mu0=self.cont_mu[rows].clone(), scaleH0=False)
         if self.cont_H_ok and self.cont_H is not None:
             H = tree_rows(self.cont_H, rows)
@@ -878,7 +927,6 @@ class _Protocol:
         else:
             extra["scaleH0"] = True
         t = time.monotonic()
-        rival = self.cont_rival[rows]
         res = self._solve(rows, self.cont_z[rows].clone(), self._options(int(budget.max()), halt, **extra),
                           rival if bool((rival != -1).any()) else None)
         self.iterations[rows] += res.iters.to(self.dev)

@@ -287,6 +287,44 @@ def test_halt_stops_the_sibling_rows_of_a_solved_sample():
     assert stop.tolist() == [False, False, True, False]  # stopped: its sample is already solved
 
 
+def test_halt_defers_the_checks_of_rows_far_from_success():
+    """Rows whose objective is the clipped margin and whose iterate's margin is below -0.01 are
+    checked every 4th iteration only; other rows, and every row at such iterations, are checked."""
+    from types import SimpleNamespace
+
+    from adv.runner import CHECK_FAR_EVERY, CHECK_FAR_MARGIN, _Halt
+
+    assert (CHECK_FAR_MARGIN, CHECK_FAR_EVERY) == (0.01, 4)
+    model, x, y = _three_class()
+    p = MaxLossProblem(model, x, y, "l2", torch.full((2,), 0.5, dtype=D), box="none")
+    ctx = CheckContext(model, x, y, None, adv.Lp(2.0), torch.full((2,), 0.5, dtype=D))
+    rows = torch.tensor([0, 1, 0, 1])
+    adv_pt = x.clone()
+    adv_pt[:, 1] += 0.15  # past the class-2 boundary (radius 0.1): a success wherever it is checked
+    pts = torch.stack([adv_pt[0], adv_pt[1], x[0], x[1]])
+    # solver margins at the iterates: rows 0 and 1 far (-1.0), row 2 near (-0.005), row 3 far
+    f = torch.tensor([1.0, 1.0, 0.005, 1.0], dtype=D)
+    margin_rows = torch.tensor([True, False, True, True])  # row 1: a rival / cross-entropy row
+    halt = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
+    info = SimpleNamespace(updated=torch.ones(4, dtype=torch.bool), status=torch.full((4,), -1), x=pts, f=f,
+                           iteration=torch.full((4,), 5, dtype=torch.long))
+    stop = halt(info)
+    # checked: row 1 (not a margin row) and row 2 (near); row 0 deferred although it is adversarial;
+    # row 3 (deferred) stops because row 1 solved its sample
+    assert halt.checked == 2 and int(halt.deferred) == 2
+    assert stop.tolist() == [False, True, False, True]
+    # at iteration 8 every row is checked: rows 0 and 1 succeed, rows 2 and 3 are their siblings
+    halt2 = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
+    info.iteration = torch.full((4,), 8, dtype=torch.long)
+    assert halt2(info).tolist() == [True, True, True, True]
+    assert halt2.checked == 4 and int(halt2.deferred) == 0
+    # without margin rows nothing is deferred
+    halt3 = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True)
+    info.iteration = torch.full((4,), 5, dtype=torch.long)
+    halt3(info)
+    assert halt3.checked == 4
+
+
 def test_default_stationarity_samples():
     from adv.runner import DEFAULT_NGRAD
 
