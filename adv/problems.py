@@ -297,6 +297,33 @@ class _AttackProblem:
         """``x' - x`` flattened, ``(k, n)``."""
         return (self.to_image(z) - self.x[idx]).reshape(z.shape[0], -1)
 
+    def _slack_sum_column(self, offset: Tensor | None) -> Column:
+        """``sum(t) - offset`` over the per-pixel slacks ``t`` (l1 epigraph; None: no offset)."""
+        def value(z: Tensor) -> Tensor:
+            total = z[:, self.n:].sum(dim=1)
+            return total if offset is None else total - offset
+
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            return value(z), self._zgrad(torch.zeros_like(z[:, :self.n]), torch.ones_like(z[:, self.n:]))
+
+        return Column(value, value_and_grad)
+
+    def _epigraph_column(self, idx: Tensor) -> Column:
+        """The folded l1 epigraph hinges ``[delta - t; -delta - t]`` of rows ``idx``."""
+        def hinges(z: Tensor) -> Tensor:
+            t, delta = z[:, self.n:], self._delta(z, idx)
+            return torch.cat([delta - t, -delta - t], dim=1)
+
+        def value(z: Tensor) -> Tensor:
+            return fold(hinges(z), self.folding)
+
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            val, g = self._fold_vg(hinges(z))
+            a, b = g[:, :self.n], g[:, self.n:]
+            return val, self._zgrad(a - b, -a - b)
+
+        return Column(value, value_and_grad if _has_fold_grad(self.folding) else None)
+
     def _fold_vg(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """``fold(v)`` and ``dF/dv`` for the problem's (built-in) folding kind."""
         out = fold_value_grad(v, self.folding)
@@ -496,25 +523,7 @@ class MaxLossProblem(_AttackProblem):
         eps = self.eps[idx]
         folding = _has_fold_grad(self.folding)
         if self.l1_slack:
-            def budget(z: Tensor) -> Tensor:
-                return z[:, self.n:].sum(dim=1) - eps
-
-            def budget_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-                return budget(z), self._zgrad(torch.zeros_like(z[:, :self.n]), torch.ones_like(z[:, self.n:]))
-
-            def hinges(z: Tensor) -> Tensor:
-                t, delta = z[:, self.n:], self._delta(z, idx)
-                return torch.cat([delta - t, -delta - t], dim=1)
-
-            def hinge_value(z: Tensor) -> Tensor:
-                return fold(hinges(z), self.folding)
-
-            def hinge_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-                val, g = self._fold_vg(hinges(z))
-                a, b = g[:, :self.n], g[:, self.n:]
-                return val, self._zgrad(a - b, -a - b)
-
-            return [Column(budget, budget_grad), Column(hinge_value, hinge_grad if folding else None)]
+            return [self._slack_sum_column(eps), self._epigraph_column(idx)]
 
         def value(z: Tensor) -> Tensor:
             return self._distance_column(self.to_image(z), idx)
@@ -614,26 +623,8 @@ class MinDistortionProblem(_AttackProblem):
             fcol = Column(f_t, f_t_grad)
             cols.append(Column(hinge_t, hinge_t_grad if folding else None))
         elif self.slack == "t_vec":
-            def f_sum(z: Tensor) -> Tensor:
-                return z[:, self.n:].sum(dim=1)
-
-            def f_sum_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-                return f_sum(z), self._zgrad(torch.zeros_like(z[:, :self.n]), torch.ones_like(z[:, self.n:]))
-
-            def hinges(z: Tensor) -> Tensor:
-                t, delta = z[:, self.n:], self._delta(z, idx)
-                return torch.cat([delta - t, -delta - t], dim=1)
-
-            def hinge_vec(z: Tensor) -> Tensor:
-                return fold(hinges(z), self.folding)
-
-            def hinge_vec_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-                val, g = self._fold_vg(hinges(z))
-                a, b = g[:, :self.n], g[:, self.n:]
-                return val, self._zgrad(a - b, -a - b)
-
-            fcol = Column(f_sum, f_sum_grad)
-            cols.append(Column(hinge_vec, hinge_vec_grad if folding else None))
+            fcol = self._slack_sum_column(None)
+            cols.append(self._epigraph_column(idx))
         elif _is_linf(self.distance):  # original form
             def f_linf(z: Tensor) -> Tensor:
                 return self._delta(z, idx).abs().amax(dim=1)
