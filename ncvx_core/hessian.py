@@ -353,6 +353,28 @@ def _inner(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.bmm(S, Y.transpose(1, 2)), torch.bmm(Y, Y.transpose(1, 2))
 
 
+def _push_inner(SY: Tensor, YY: Tensor, S: Tensor, Y: Tensor, s: Tensor, y: Tensor,
+                ok: Tensor) -> tuple[Tensor, Tensor]:
+    """``(S Y^T, Y Y^T)`` of the memories ``S, Y (k, m, n)`` after :func:`_push` appended
+    ``s, y (k, n)`` where ``ok``, from the previous products ``SY, YY (k, m, m)``: the old entries
+    shift up and left by one slot and only the new last row and column are computed, O(m n)
+    instead of O(m^2 n) per problem. Rows where ``ok`` is False keep ``SY, YY``."""
+    m = S.shape[1]
+    ys = bmm(Y, torch.stack([s, y], dim=-1).to(Y.dtype))  # (k, m, 2): y_j . s and y_j . y
+    sy = bmm(S, y.unsqueeze(2).to(S.dtype)).squeeze(2)  # (k, m): s_i . y
+    SYn = torch.empty_like(SY)
+    YYn = torch.empty_like(YY)
+    if m > 1:
+        SYn[:, :-1, :-1] = SY[:, 1:, 1:]
+        YYn[:, :-1, :-1] = YY[:, 1:, 1:]
+    SYn[:, -1, :] = ys[:, :, 0]  # s . y_j (the last entry is s . y)
+    SYn[:, :-1, -1] = sy[:, :-1]  # s_i . y
+    YYn[:, -1, :] = ys[:, :, 1]
+    YYn[:, :-1, -1] = ys[:, :-1, 1]
+    okm = ok.view(-1, 1, 1)
+    return torch.where(okm, SYn, SY), torch.where(okm, YYn, YY)
+
+
 def _push(M: Tensor, v: Tensor, ok: Tensor) -> Tensor:
     """FIFO memory ``M (k, m, n)`` with ``v (k, n)`` appended (oldest dropped) where ``ok``;
     one copy of the memory."""
@@ -490,7 +512,11 @@ class LBFGS:
         code = code.masked_fill(mask & ~finite, 3)
         code = code.masked_fill(mask & finite & ~sty_ok, 2)
         code = torch.where(ok, (want & ~gamma_ok).to(torch.int8), code)
-        return LBFGSState(S, Y, rho, gamma, count, pending, *_inner(S, Y)), UpdateInfo(code, damped & mask)
+        if state.SY is not None and state.YY is not None:
+            SY, YY = _push_inner(state.SY, state.YY, S, Y, s, y, ok)
+        else:
+            SY, YY = _inner(S, Y)
+        return LBFGSState(S, Y, rho, gamma, count, pending, SY, YY), UpdateInfo(code, damped & mask)
 
     def dense(self, state: LBFGSState) -> Tensor:
         n = state.S.shape[2]

@@ -512,6 +512,21 @@ def test_lbfgs_matmul_equals_naive_two_loop(seed, B, n, m, K, c, scaleH0, fixed)
         assert _rel(HV[b], torch.from_numpy(refV)) < 1e-10
 
 
+@given(seed=seeds, B=batch, n=dims, m=st.integers(1, 5), K=st.integers(0, 12), damping=st.sampled_from([0.0, 1e-4, 0.3]))
+def test_lbfgs_updated_inner_products_equal_recomputed_ones(seed, B, n, m, K, damping):
+    """The state's S Y^T and Y Y^T, shifted and extended by one row and column per stored pair,
+    equal the products of the memories recomputed from scratch (masked and rejected pairs included)."""
+    from ncvx_core.hessian import _inner
+
+    lb, state, _, _ = _run_lbfgs(seed, B, n, m, K, damping=damping, neg_p=0.3 if damping == 0 else 0.0)
+    SY, YY = _inner(state.S, state.Y)
+    torch.testing.assert_close(state.SY, SY, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state.YY, YY, rtol=1e-12, atol=1e-12)
+    V = _randn(_gen(seed + 2), B, n, 2)
+    torch.testing.assert_close(lb.matmul(state, V), lb.matmul(state._replace(SY=None, YY=None), V),
+                               rtol=1e-10, atol=1e-12)
+
+
 @given(seed=seeds, B=batch, n=dims, K=st.integers(1, 7))
 def test_lbfgs_equals_full_bfgs_when_memory_suffices(seed, B, n, K):
     lb, state, pairs, steps = _run_lbfgs(seed, B, n, K, K, scaleH0=False)
