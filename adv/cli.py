@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-apgd-steps", type=_nonneg_int, default=8, metavar="K",
                    help="minimal distortion, l1 / l2 / linf: APGD bisection steps below the PWCF radius (default: "
                         "%(default)s; 0 reports PWCF alone); e.g. --min-apgd-steps 0")
-    g.add_argument("--parallel-restarts", type=_positive_int, default=4, metavar="P",
+    g.add_argument("--parallel-restarts", type=_positive_int, default=6, metavar="P",
                    help="PWCF restarts solved side by side in one batched solve, attacks (after restart 0) and "
                         "minimal distortion (default: %(default)s; 1 runs them one after the other, the least "
                         "compute and memory on large models); e.g. --parallel-restarts 1")
