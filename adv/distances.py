@@ -124,19 +124,25 @@ class Lp:
         """The gradient of :meth:`norm` with respect to ``delta``, flattened ``(B, n)``, without
         autograd, for ``1 <= p < inf`` (None otherwise): ``sign(delta) (|delta| / ||delta||_p)^(p - 1)``,
         0 on rows where ``delta = 0`` (autograd's choice there)."""
+        out = self.norm_value_grad(delta)
+        return None if out is None else out[1]
+
+    def norm_value_grad(self, delta: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(norm(delta) (B,), norm_grad(delta) (B, n))`` from one pass over ``delta`` (the norm
+        to the bit), for ``1 <= p < inf``; None otherwise."""
         if not (1.0 <= self.p < math.inf):
             return None
         d = _flat(delta)
+        nrm = torch.linalg.vector_norm(d, ord=self.p, dim=1, keepdim=True)
         s = torch.sign(d)
         if self.p == 1.0:
-            return s
-        nrm = torch.linalg.vector_norm(d, ord=self.p, dim=1, keepdim=True)
+            return nrm.squeeze(1), s
         safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
         if self.p == 2.0:
             g = d / safe
         else:
             g = s * (d.abs() / safe) ** (self.p - 1.0)
-        return torch.where(nrm > 0, g, torch.zeros_like(g))
+        return nrm.squeeze(1), torch.where(nrm > 0, g, torch.zeros_like(g))
 
     def __call__(self, x: Tensor, x_ref: Tensor) -> Tensor:
         if x.shape != x_ref.shape:

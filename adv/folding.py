@@ -95,17 +95,23 @@ def get_folding(kind: str | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Te
     return FOLDINGS[key]
 
 
+def _check_rows(name: str, v: Tensor) -> None:
+    """``v`` must be a tensor of shape ``(B, k)`` (the argument of :func:`fold` and
+    :func:`fold_value_grad`)."""
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} expects a tensor of shape (B, k), got {type(v).__name__}")
+    if v.dim() != 2:
+        raise ValueError(f"{name} expects a tensor of shape (B, k), got {tuple(v.shape)} "
+                         "(flatten the constraint group first: v.flatten(1))")
+
+
 def fold(v: Tensor, kind: str | Callable[[Tensor], Tensor] = "l2") -> Tensor:
     """Fold the positive parts of ``v (B, k)`` into one value per row, ``(B,)``.
 
     Returns 0 for a row exactly when all its entries are ``<= 0``, a positive value otherwise.
     ``kind`` is ``"l2"`` (default), ``"l1"``, ``"max"`` (``"linf"``), ``"sumsq"`` or a callable.
     """
-    if not isinstance(v, Tensor):
-        raise TypeError(f"fold expects a tensor of shape (B, k), got {type(v).__name__}")
-    if v.dim() != 2:
-        raise ValueError(f"fold expects a tensor of shape (B, k), got {tuple(v.shape)} "
-                         "(flatten the constraint group first: v.flatten(1))")
+    _check_rows("fold", v)
     fn = get_folding(kind)
     if v.shape[1] == 0:
         return v.new_zeros(v.shape[0])
@@ -124,10 +130,9 @@ def fold_value_grad(v: Tensor, kind: str | Callable[[Tensor], Tensor] = "l2") ->
     """
     if callable(kind) and not isinstance(kind, str):
         return None
+    _check_rows("fold_value_grad", v)
     get_folding(kind)  # validates the name
     key = str(kind).lower()
-    if v.dim() != 2:
-        raise ValueError(f"fold_value_grad expects a tensor of shape (B, k), got {tuple(v.shape)}")
     if v.shape[1] == 0:
         return v.new_zeros(v.shape[0]), v.new_zeros(v.shape)
     if key == "l2":

@@ -330,20 +330,21 @@ class _AttackProblem:
         assert out is not None
         return out
 
-    def _closed_distance(self) -> bool:
-        """Whether :meth:`_distance_value_grad` has the distance's gradient in closed form."""
-        return isinstance(self.distance, Lp) and 1.0 <= self.distance.p < math.inf
+    def _distance_column_of(self, idx: Tensor, offset: Tensor | None) -> Column:
+        """``d(x', x) - offset`` (None: no offset) of rows ``idx``, with the closed-form gradient
+        for lp distances with ``1 <= p < inf`` (:meth:`adv.Lp.norm_value_grad`), autograd for the
+        others."""
+        def value(z: Tensor) -> Tensor:
+            d = self.distance(self.to_image(z), self.x[idx])
+            return d if offset is None else d - offset
 
-    def _distance_value_grad(self, z: Tensor, idx: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``d(x', x)`` and its gradient with respect to the image, for an lp distance with
-        ``1 <= p < inf`` (None for others)."""
-        if not isinstance(self.distance, Lp):
-            return None
-        xp, xr = self.to_image(z), self.x[idx]
-        g = self.distance.norm_grad(xp - xr.to(xp.dtype))
-        if g is None:
-            return None
-        return self.distance(xp, xr), g
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            xp = self.to_image(z)
+            d, g = self.distance.norm_value_grad(xp - self.x[idx].to(xp.dtype))
+            return (d if offset is None else d - offset), self._zgrad(g)
+
+        closed = isinstance(self.distance, Lp) and 1.0 <= self.distance.p < math.inf
+        return Column(value, value_and_grad if closed else None)
 
     def _box_columns(self) -> list[Column]:
         if self.box not in ("fold", "both"):
@@ -358,9 +359,7 @@ class _AttackProblem:
         def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
             s = z[:, :self.n] - 0.5
             val, g = self._fold_vg(s.abs() - 0.5)
-            if scale != 1.0:
-                return val / scale, self._zgrad(g * torch.sign(s) / scale)
-            return val, self._zgrad(g * torch.sign(s))
+            return val / scale, self._zgrad(g * torch.sign(s) / scale)
 
         return [Column(value, value_and_grad if _has_fold_grad(self.folding) else None)]
 
@@ -539,15 +538,7 @@ class MaxLossProblem(_AttackProblem):
 
             return [Column(value, linf_grad)]
 
-        if not self._closed_distance():
-            return [Column(value)]
-
-        def lp_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-            out = self._distance_value_grad(z, idx)
-            assert out is not None
-            return out[0] - eps, self._zgrad(out[1])
-
-        return [Column(value, lp_grad)]
+        return [self._distance_column_of(idx, eps)]
 
 
 class MinDistortionProblem(_AttackProblem):
@@ -631,15 +622,7 @@ class MinDistortionProblem(_AttackProblem):
 
             fcol = Column(f_linf)
         else:
-            def f_dist(z: Tensor) -> Tensor:
-                return self.distance(self.to_image(z), self.x[idx])
-
-            def f_dist_grad(z: Tensor) -> tuple[Tensor, Tensor]:
-                out = self._distance_value_grad(z, idx)
-                assert out is not None
-                return out[0], self._zgrad(out[1])
-
-            fcol = Column(f_dist, f_dist_grad if self._closed_distance() else None)
+            fcol = self._distance_column_of(idx, None)
         return fcol, cols + self._box_columns()
 
 

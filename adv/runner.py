@@ -544,13 +544,14 @@ class _Halt:
     Each accepted iterate is repaired (max-loss: clipped to the box and pulled into the ball) and
     checked as the judge would (:func:`_check`). ``margin_rows (k,)`` marks the solver rows whose
     objective is ``-min(margin, clip)``: there the solver's value gives the margin at the
-    (unrepaired) iterate, and a row whose margin is below ``-far_margin`` is checked only when its
-    iteration count is a multiple of ``far_every`` (the repair pulls an iterate that left the ball
-    back in, which lowers its margin in nearly every case: on the digits CNN, 100 images at
+    (unrepaired) iterate, and a row whose margin is below ``-CHECK_FAR_MARGIN`` is checked only
+    when its iteration count is a multiple of ``CHECK_FAR_EVERY`` (the repair pulls an iterate
+    that left the ball back in, which lowers its margin in nearly every case: on the digits CNN,
+    100 images at
     l-infinity, l2 and l1, none of the 74 000 checked iterates with a margin below -0.01 was a
     success, and the largest margin gain of the repair among them was 0.15, ad hoc). A success
-    there is found at most ``far_every - 1`` iterations late, and every solve's final and best
-    points are checked at its end. On a CIFAR-sized CNN (``benchmarks/bench_adv_cost.py``'s model,
+    there is found at most ``CHECK_FAR_EVERY - 1`` iterations late, and every solve's final and
+    best points are checked at its end. On a CIFAR-sized CNN (``benchmarks/bench_adv_cost.py``'s model,
     l-infinity 0.12, 16 images, ad hoc runs side by side) the checks took 12 % of the attack
     without deferral and 6 % with it: 5.96 instead of 6.36 s per image, with the same iterations
     and successes; on the digits CNN (100 images) the time changed by less than 3 % at l-infinity,
@@ -558,8 +559,7 @@ class _Halt:
     """
 
     def __init__(self, ctx: CheckContext, problem: Any, rows: Tensor, *, stop_on_success: bool,
-                 budget: Tensor | None, repair: bool, margin_rows: Tensor | None = None,
-                 far_margin: float | None = None, far_every: int | None = None) -> None:
+                 budget: Tensor | None, repair: bool, margin_rows: Tensor | None = None) -> None:
         self.ctx = ctx
         self.problem = problem
         self.rows = rows
@@ -567,8 +567,6 @@ class _Halt:
         self.budget = budget
         self.repair = repair
         self.margin_rows = margin_rows
-        self.far_margin = float(CHECK_FAR_MARGIN if far_margin is None else far_margin)
-        self.far_every = int(CHECK_FAR_EVERY if far_every is None else far_every)
         self.checked = 0  # rows checked
         self.deferred = torch.zeros((), dtype=torch.long, device=rows.device)  # rows whose check was deferred
         k = rows.shape[0]
@@ -592,10 +590,10 @@ class _Halt:
         running = info.status.to(self.rows.device) == -1
         stop = torch.zeros_like(upd)
         sel = upd
-        if self.margin_rows is not None and self.far_every > 1:
+        if self.margin_rows is not None and CHECK_FAR_EVERY > 1:
             m_it = -info.f.to(self.rows.device)
             it = info.iteration.to(self.rows.device)
-            far = self.margin_rows & (m_it < -self.far_margin) & (it % self.far_every != 0)
+            far = self.margin_rows & (m_it < -CHECK_FAR_MARGIN) & (it % CHECK_FAR_EVERY != 0)
             sel = upd & ~far
             self.deferred += (upd & far).sum()
         u = torch.nonzero(sel).flatten()
@@ -616,10 +614,10 @@ class _Halt:
                 self.best.distance[uw] = c.distance[w]
                 self.best.margin[uw] = c.margin[w]
             if self.stop_on_success:
-                stop[u] = c.success | self.solved[r]
                 self.solved[r[c.success]] = True
         if self.stop_on_success:
-            stop |= upd & self.solved[self.rows]  # rows whose sample another row solved, checked or not
+            # a success, or a row whose sample another row has solved (checked or not)
+            stop = upd & self.solved[self.rows]
         if self.budget is not None:
             over = upd & running & ~stop & (info.iteration.to(self.rows.device) >= self.budget)
             self.budget_hit |= over

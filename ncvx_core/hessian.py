@@ -359,14 +359,12 @@ def _push_inner(SY: Tensor, YY: Tensor, S: Tensor, Y: Tensor, s: Tensor, y: Tens
     ``s, y (k, n)`` where ``ok``, from the previous products ``SY, YY (k, m, m)``: the old entries
     shift up and left by one slot and only the new last row and column are computed, O(m n)
     instead of O(m^2 n) per problem. Rows where ``ok`` is False keep ``SY, YY``."""
-    m = S.shape[1]
     ys = bmm(Y, torch.stack([s, y], dim=-1).to(Y.dtype))  # (k, m, 2): y_j . s and y_j . y
     sy = bmm(S, y.unsqueeze(2).to(S.dtype)).squeeze(2)  # (k, m): s_i . y
     SYn = torch.empty_like(SY)
     YYn = torch.empty_like(YY)
-    if m > 1:
-        SYn[:, :-1, :-1] = SY[:, 1:, 1:]
-        YYn[:, :-1, :-1] = YY[:, 1:, 1:]
+    SYn[:, :-1, :-1] = SY[:, 1:, 1:]  # empty when m = 1
+    YYn[:, :-1, :-1] = YY[:, 1:, 1:]
     SYn[:, -1, :] = ys[:, :, 0]  # s . y_j (the last entry is s . y)
     SYn[:, :-1, -1] = sy[:, :-1]  # s_i . y
     YYn[:, -1, :] = ys[:, :, 1]
