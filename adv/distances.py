@@ -58,6 +58,8 @@ class Distance(Protocol):
 
 def _flat(t: Tensor) -> Tensor:
     """``(B, ...) -> (B, n)``; a 1-D tensor is one sample per entry (``n = 1``)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"expected a batched tensor of shape (B, ...), got {type(t).__name__}")
     if t.dim() == 0:
         raise ValueError("expected a batched tensor of shape (B, ...), got a 0-d tensor")
     return t.reshape(t.shape[0], -1)

@@ -61,6 +61,17 @@ def test_norm_grad_only_in_closed_form_for_p_at_least_one():
     assert Lp(0.5).norm_grad(d) is None and Lp(math.inf).norm_grad(d) is None
 
 
+def test_norm_value_grad_is_norm_and_rejects_non_tensors():
+    d = torch.randn(3, 2, 5, dtype=torch.float64)
+    for p in (1.0, 1.5, 2.0):
+        val, g = Lp(p).norm_value_grad(d)
+        assert torch.equal(val, Lp(p).norm(d)) and torch.equal(g, Lp(p).norm_grad(d))
+    with pytest.raises(TypeError, match="batched tensor"):
+        Lp(2.0).norm_value_grad([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="0-d tensor"):
+        Lp(2.0).norm_grad(torch.tensor(1.0))
+
+
 def test_lp_shapes_dtype_and_gradient():
     x = torch.rand(3, 2, 4, 4, dtype=torch.float32, requires_grad=True)
     xr = torch.rand(3, 2, 4, 4, dtype=torch.float64)
