@@ -237,15 +237,34 @@ def test_too_few_iterations_reports_failure() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _objective(qp: BoxQP, w: Tensor) -> Tensor:
+    return 0.5 * (w * (qp.Q @ w.unsqueeze(-1)).squeeze(-1)).sum(-1) + (qp.q * w).sum(-1)
+
+
+def _same_answer(qa: BoxQP, wa: Tensor, qb: BoxQP, wb: Tensor) -> Tensor:
+    """``(B,)``: the same solution (to 1e-10), or, where the minimiser is not unique, two optimal
+    ones: both with a scaled KKT residual <= 1e-9 and the same objective (1e-12 relative). On a
+    face of minimisers (e.g. ``Q = c 11^T`` and ``q = c' 1`` on the simplex: every feasible point
+    is optimal) the point the solver ends at follows the last bits of its arithmetic, and a CPU's
+    vector kernels can reduce a row differently for batches of different shapes."""
+    same = (wa - wb).abs().amax(-1) <= 1e-10
+    fa, fb = _objective(qa, wa), _objective(qb, wb)
+    optimal = ((kkt_residual(qa, wa, scaled=True) <= 1e-9) & (kkt_residual(qb, wb, scaled=True) <= 1e-9)
+               & ((fa - fb).abs() <= 1e-12 * fa.abs().clamp(min=1.0)))
+    return same | optimal
+
+
 def _invariance(solver: QPSolver, probs: list[NpQP], perm: list[int]) -> None:
     qp = to_boxqp(probs)
     res = solver.solve(qp)
     for i, p in enumerate(probs):
-        single = solver.solve(to_boxqp([p], with_eq=qp.eq_mask is not None))
-        assert torch.allclose(res.w[i], single.w[0], rtol=0, atol=1e-10), (solver.name, i)
+        q1 = to_boxqp([p], with_eq=qp.eq_mask is not None)
+        single = solver.solve(q1)
+        assert bool(_same_answer(q1, res.w[i:i + 1], q1, single.w)[0]), (solver.name, i)
         assert res.status[i] == single.status[0]
-    resp = solver.solve(to_boxqp([probs[j] for j in perm], with_eq=qp.eq_mask is not None))
-    assert torch.allclose(resp.w, res.w[perm], rtol=0, atol=1e-10)
+    qperm = to_boxqp([probs[j] for j in perm], with_eq=qp.eq_mask is not None)
+    resp = solver.solve(qperm)
+    assert bool(_same_answer(qperm, resp.w, qperm, res.w[perm]).all())
 
 
 @SETTINGS
