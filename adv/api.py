@@ -139,7 +139,11 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
         folding: folding of the l-infinity hinge group and the box group (``"l2"``, ``"l1"``,
             ``"max"``, ``"sumsq"``).
         maxit: per-sample iteration cap of the continued best restart (restart phase included).
-        restart_maxit: iterations per restart.
+        restart_maxit: iterations per restart. A margin restart also stops once its best margin
+            has stalled far from success (no rise above 0.1 % for 25 iterations while below
+            -0.01; ``adv.runner.STALL_ITERS``, ``STALL_GAIN``): on the digits CNN (300 images,
+            seeds 0-2, ad hoc) this took about a fifth less time at l-infinity and l2 and 7 %
+            less at l1, breaking 381 / 547 / 492 images against 382 / 547 / 491.
         time_limit: wall-clock limit in seconds for the whole call (None: none).
         seed: seed of the random starts (and of the solver's random directions).
         init: ``"blend"`` (restart 0 from ``0.995 x + 0.005 U``, the others uniform in the ball) or

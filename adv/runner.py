@@ -536,6 +536,12 @@ def _start_min(ctx: CheckContext, rows: Tensor, r: int, seed: int, init: str, sc
 #: ``CHECK_FAR_EVERY``-th iteration (see :class:`_Halt`)
 CHECK_FAR_MARGIN = 0.01
 CHECK_FAR_EVERY = 4
+#: max-loss: a solver row whose objective is the clipped margin stops once its best margin (in the
+#: solver's own evaluation) has not risen by more than ``STALL_GAIN * max(1, |best|)`` for
+#: ``STALL_ITERS`` iterations while it is below ``-CHECK_FAR_MARGIN`` (see :class:`_Halt`);
+#: ``STALL_ITERS = 0`` turns the rule off
+STALL_ITERS = 25
+STALL_GAIN = 1e-3
 
 
 class _Halt:
@@ -577,6 +583,10 @@ class _Halt:
                               torch.full((k,), -math.inf, dtype=torch.float64, device=rows.device))
         self.budget_hit = torch.zeros(k, dtype=torch.bool, device=rows.device)
         self.calls = 0
+        # stall rule: each margin row's best solver margin and the iteration it last rose at
+        self.m_best = torch.full((k,), -math.inf, dtype=torch.float64, device=rows.device)
+        self.m_rise = torch.zeros(k, dtype=torch.long, device=rows.device)
+        self.stalled = torch.zeros(k, dtype=torch.bool, device=rows.device)
         # samples with a verified success (rows of one sample solved side by side stop together)
         self.solved = torch.zeros(ctx.x64.shape[0], dtype=torch.bool, device=rows.device)
 
@@ -618,11 +628,41 @@ class _Halt:
         if self.stop_on_success:
             # a success, or a row whose sample another row has solved (checked or not)
             stop = upd & self.solved[self.rows]
+            if self.margin_rows is not None and STALL_ITERS > 0:
+                stop |= self._stall(info, upd, running) & ~stop
         if self.budget is not None:
             over = upd & running & ~stop & (info.iteration.to(self.rows.device) >= self.budget)
             self.budget_hit |= over
             stop |= over
         return stop
+
+    def _stall(self, info: Any, upd: Tensor, running: Tensor) -> Tensor:
+        """``(k,)`` bool: the margin rows updated now whose best solver margin is below
+        ``-CHECK_FAR_MARGIN`` and has not risen by more than ``STALL_GAIN * max(1, |best|)`` for
+        ``STALL_ITERS`` iterations (they are marked in :attr:`stalled`).
+
+        Why: a restart that has stopped making progress far from success rarely succeeds later. In
+        the recorded trajectories of the default attack on the digits CNN (300 images, seed 0, at
+        l-infinity 0.15, l2 0.75 and l1 1.5; ad hoc) no success came after such a stall of 20 or
+        more iterations, which covered 30 % / 14 % / 5 % of the row-iterations. With the rule
+        (25 iterations), over seeds 0-2, the attack broke 381 / 547 / 492 images against 382 / 547
+        / 491 without it, in 0.098 / 0.078 / 0.165 s per image at seed 0 against 0.122 / 0.100 /
+        0.177 s (ad hoc, one run after the other). A stopped row's points are checked at the end
+        of its solve like any other's.
+        """
+        assert self.margin_rows is not None
+        dev = self.rows.device
+        m_it = (-info.f.to(dev)).to(torch.float64)
+        it = info.iteration.to(dev).long()
+        rows = upd & self.margin_rows
+        m_it = torch.where(torch.isfinite(m_it), m_it, -math.inf)
+        rise = rows & (m_it > self.m_best + STALL_GAIN * self.m_best.abs().clamp(min=1.0))
+        rise |= rows & torch.isinf(self.m_best)  # the first finite margin of the row
+        self.m_rise = torch.where(rise, it, self.m_rise)
+        self.m_best = torch.where(rows, torch.maximum(self.m_best, m_it), self.m_best)
+        stall = rows & running & (it - self.m_rise >= STALL_ITERS) & (self.m_best < -CHECK_FAR_MARGIN)
+        self.stalled |= stall
+        return stall
 
 
 # ------------------------------------------------------------------------------------------------

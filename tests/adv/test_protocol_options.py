@@ -325,6 +325,50 @@ def test_halt_defers_the_checks_of_rows_far_from_success():
     assert halt3.checked == 4
 
 
+def test_halt_stops_margin_rows_whose_margin_has_stalled_far_from_success():
+    """A margin row stops once its best solver margin has not risen by more than STALL_GAIN *
+    max(1, |best|) for STALL_ITERS iterations while below -CHECK_FAR_MARGIN; a row still rising, a
+    row near success and a non-margin row run on; a rise restarts the count."""
+    from types import SimpleNamespace
+
+    from adv.runner import CHECK_FAR_MARGIN, STALL_GAIN, STALL_ITERS, _Halt
+
+    assert (STALL_ITERS, STALL_GAIN) == (25, 1e-3)
+    model, x, y = _three_class()
+    p = MaxLossProblem(model, x, y, "l2", torch.full((2,), 0.5, dtype=D), box="none")
+    ctx = CheckContext(model, x, y, None, adv.Lp(2.0), torch.full((2,), 0.5, dtype=D))
+    rows = torch.tensor([0, 1, 0, 1, 0])
+    margin_rows = torch.tensor([True, True, True, False, True])
+    halt = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
+    pts = torch.stack([x[0], x[1], x[0], x[1], x[0]])  # the clean points: never a success
+    stops = []
+    for it in range(1, 51):
+        # row 0: flat at -1 (gains below the threshold); row 1: rises by 0.01 each iteration;
+        # row 2: flat just above -CHECK_FAR_MARGIN; row 3: flat, not a margin row; row 4: flat at
+        # -2, then one rise at iteration 20
+        m = torch.tensor([-1.0 + 1e-4 * (it % 2), -2.0 + 0.01 * it, -0.5 * CHECK_FAR_MARGIN, -1.0,
+                          -2.0 + (0.5 if it >= 20 else 0.0)], dtype=D)
+        info = SimpleNamespace(updated=torch.ones(5, dtype=torch.bool), status=torch.full((5,), -1), x=pts,
+                               f=-m, iteration=torch.full((5,), it, dtype=torch.long))
+        stops.append(halt(info))
+    first = [next((i + 1 for i, s in enumerate(stops) if bool(s[r])), None) for r in range(5)]
+    # row 0 last rose at iteration 1 (its first margin), so it stops at 1 + STALL_ITERS
+    assert first == [1 + STALL_ITERS, None, None, None, 20 + STALL_ITERS]
+    assert halt.stalled.tolist() == [True, False, False, False, True]
+    # with the rule off nothing stops
+    import adv.runner as runner
+
+    old = runner.STALL_ITERS
+    try:
+        runner.STALL_ITERS = 0
+        halt0 = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
+        for it in range(1, 41):
+            info.iteration = torch.full((5,), it, dtype=torch.long)
+            assert not bool(halt0(info).any())
+    finally:
+        runner.STALL_ITERS = old
+
+
 def test_default_stationarity_samples():
     from adv.runner import DEFAULT_NGRAD
 
