@@ -3,8 +3,8 @@
 # has Python with a CUDA build of torch preinstalled (no network needed):
 #   (a) nvidia-smi and versions,
 #   (b) `pytest -q -m gpu tests` when pytest (and the tests' imports) are available and GPU tests exist,
-#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py, bench_host_sync.py and
-#       diag_batch_invariance.py with --device cuda.
+#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py, bench_host_sync.py,
+#       diag_batch_invariance.py and bench_adv_device.py with --device cuda.
 # Results go to $OUT when it is set (else benchmarks/results/); a log of everything to gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
@@ -87,6 +87,10 @@ run timeout 60 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" 
 say "== (c) diag_batch_invariance.py --device $DEV"
 run timeout 60 "$PY" benchmarks/diag_batch_invariance.py --device "$DEV" --out "$RES" \
   || say "diag_batch_invariance.py: exit code $?"
+
+say "== (c) bench_adv_device.py --device $DEV"
+run timeout 150 "$PY" benchmarks/bench_adv_device.py --device "$DEV" --out "$RES" --n 64 --n-min 16 \
+  || say "bench_adv_device.py: exit code $?"
 
 say "== done; results in $RES"
 ls -l "$RES" | tee -a "$LOG"
