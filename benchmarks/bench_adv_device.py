@@ -77,13 +77,17 @@ def main() -> None:
             claimed = res.success.to(cpu)
             rows.append([f"{kind} {threat}" + (f" eps {eps}" if eps is not None else ""), str(dev), n,
                          int(v.success.sum()), int((claimed & ~v.success).sum()), radius, secs / n])
+            _write(args, device, rows)  # after every run: a cut-off run keeps its rows
+
+
+def _write(args: argparse.Namespace, device: torch.device, rows: list[list[Any]]) -> None:
     body = [
         f"Model: `adv.zoo.default_model({args.model!r})`; the first {args.n} correctly classified digits test "
         f"images ({args.n_min} for minimal distortion); seed {args.seed}. 'broken' = judged successes "
         "(`adv.judge`, float64, on the CPU); 'unverified' = reported successes the judge rejects (must be 0).\n",
         md_table(["run", "device", "images", "broken", "unverified", "mean radius (broken)", "s / image"], rows),
     ]
-    write_results(out_path(args, "adv_device", device), "adv on a device against the CPU", device, body)
+    write_results(out_path(args, "adv_device", device), "adv on a device against the CPU", device, body, quiet=True)
 
 
 if __name__ == "__main__":
