@@ -596,13 +596,15 @@ class _Halt:
 
     def __call__(self, info: Any) -> Tensor:
         self.calls += 1
-        upd = info.updated.to(self.rows.device)
-        running = info.status.to(self.rows.device) == -1
+        dev = self.rows.device
+        upd = info.updated.to(dev)
+        running = info.status.to(dev) == -1
+        it = info.iteration.to(dev)
+        # the margin at each iterate in the solver's own evaluation (objective -min(margin, clip))
+        m_it = -info.f.to(dev) if self.margin_rows is not None else None
         stop = torch.zeros_like(upd)
         sel = upd
-        if self.margin_rows is not None and CHECK_FAR_EVERY > 1:
-            m_it = -info.f.to(self.rows.device)
-            it = info.iteration.to(self.rows.device)
+        if m_it is not None and CHECK_FAR_EVERY > 1:
             far = self.margin_rows & (m_it < -CHECK_FAR_MARGIN) & (it % CHECK_FAR_EVERY != 0)
             sel = upd & ~far
             self.deferred += (upd & far).sum()
@@ -628,16 +630,17 @@ class _Halt:
         if self.stop_on_success:
             # a success, or a row whose sample another row has solved (checked or not)
             stop = upd & self.solved[self.rows]
-            if self.margin_rows is not None and STALL_ITERS > 0:
-                stop |= self._stall(info, upd, running) & ~stop
+            if m_it is not None and STALL_ITERS > 0:
+                stop |= self._stall(m_it, it, upd, running)
         if self.budget is not None:
-            over = upd & running & ~stop & (info.iteration.to(self.rows.device) >= self.budget)
+            over = upd & running & ~stop & (it >= self.budget)
             self.budget_hit |= over
             stop |= over
         return stop
 
-    def _stall(self, info: Any, upd: Tensor, running: Tensor) -> Tensor:
-        """``(k,)`` bool: the margin rows updated now whose best solver margin is below
+    def _stall(self, m_it: Tensor, it: Tensor, upd: Tensor, running: Tensor) -> Tensor:
+        """``(k,)`` bool: of the rows updated now (``upd``), with solver margins ``m_it`` at
+        iterations ``it``, the margin rows whose best solver margin is below
         ``-CHECK_FAR_MARGIN`` and has not risen by more than ``STALL_GAIN * max(1, |best|)`` for
         ``STALL_ITERS`` iterations (they are marked in :attr:`stalled`).
 
@@ -651,10 +654,9 @@ class _Halt:
         of its solve like any other's.
         """
         assert self.margin_rows is not None
-        dev = self.rows.device
-        m_it = (-info.f.to(dev)).to(torch.float64)
-        it = info.iteration.to(dev).long()
+        it = it.long()
         rows = upd & self.margin_rows
+        m_it = m_it.to(torch.float64)
         m_it = torch.where(torch.isfinite(m_it), m_it, -math.inf)
         rise = rows & (m_it > self.m_best + STALL_GAIN * self.m_best.abs().clamp(min=1.0))
         rise |= rows & torch.isinf(self.m_best)  # the first finite margin of the row

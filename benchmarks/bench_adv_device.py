@@ -50,6 +50,12 @@ def main() -> None:
     ap.add_argument("--eps-linf", type=float, default=0.15)
     ap.add_argument("--eps-l2", type=float, default=0.75)
     args = ap.parse_args()
+    for name in ("n", "n_min"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("eps_linf", "eps_l2"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     device, _ = setup(args)
     cpu = torch.device("cpu")
     model = default_model(args.model)

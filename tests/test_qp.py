@@ -237,10 +237,6 @@ def test_too_few_iterations_reports_failure() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _objective(qp: BoxQP, w: Tensor) -> Tensor:
-    return 0.5 * (w * (qp.Q @ w.unsqueeze(-1)).squeeze(-1)).sum(-1) + (qp.q * w).sum(-1)
-
-
 def _same_answer(qa: BoxQP, wa: Tensor, qb: BoxQP, wb: Tensor) -> Tensor:
     """``(B,)``: the same solution (to 1e-10), or, where the minimiser is not unique, two optimal
     ones: both with a scaled KKT residual <= 1e-9 and the same objective (1e-12 relative). On a
@@ -248,7 +244,7 @@ def _same_answer(qa: BoxQP, wa: Tensor, qb: BoxQP, wb: Tensor) -> Tensor:
     is optimal) the point the solver ends at follows the last bits of its arithmetic, and a CPU's
     vector kernels can reduce a row differently for batches of different shapes."""
     same = (wa - wb).abs().amax(-1) <= 1e-10
-    fa, fb = _objective(qa, wa), _objective(qb, wb)
+    fa, fb = qp_objective(qa, wa), qp_objective(qb, wb)
     optimal = ((kkt_residual(qa, wa, scaled=True) <= 1e-9) & (kkt_residual(qb, wb, scaled=True) <= 1e-9)
                & ((fa - fb).abs() <= 1e-12 * fa.abs().clamp(min=1.0)))
     return same | optimal
