@@ -70,6 +70,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import adv  # noqa: E402
 import adv.api  # noqa: E402
+import adv.runner  # noqa: E402
 from adv.distances import _PERCEPTUAL_EPS  # noqa: E402
 from adv.losses import margin as margin_loss  # noqa: E402
 from adv.runner import model_as  # noqa: E402
@@ -789,6 +790,10 @@ def main() -> None:
     ap.add_argument("--aa-steps", type=int, default=100)
     ap.add_argument("--square-queries", type=int, default=None, help="default 5000; 1000 with --quick")
     ap.add_argument("--no-autoattack", action="store_true")
+    ap.add_argument("--stall-iters", type=int, default=None,
+                    help="adv.runner.STALL_ITERS for the PWCF attacks: a margin restart stops after this many "
+                         f"iterations without progress far from success (default: the library's, "
+                         f"{adv.runner.STALL_ITERS}; 0: off)")
     ap.add_argument("--lpa-phases", type=int, default=5)
     ap.add_argument("--lpa-steps", type=int, default=40)
     ap.add_argument("--ppgd-steps", type=int, default=40, help="PPGD steps (default 40)")
@@ -800,6 +805,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.fmn_steps < 0:
         ap.error(f"--fmn-steps must be >= 0, got {args.fmn_steps}")
+    if args.stall_iters is not None:
+        if args.stall_iters < 0:
+            ap.error(f"--stall-iters must be >= 0, got {args.stall_iters}")
+        adv.runner.STALL_ITERS = args.stall_iters
     for flag in ("--ppgd-steps", "--ppgd-cg", "--ppgd-proj-iters"):
         val = getattr(args, flag[2:].replace("-", "_"))
         if val < 1:
@@ -851,7 +860,8 @@ def main() -> None:
                                    summary)
     body += targets_md(summary)
     body.append(f"\nScript wall time: {time.perf_counter() - t_start:.0f} s.\n")
-    extra = {"torchattacks": getattr(ta, "__version__", "not importable"),
+    extra = {"adv.runner.STALL_ITERS": adv.runner.STALL_ITERS,
+             "torchattacks": getattr(ta, "__version__", "not importable"),
              "FMN": FMN_INFO if FMN is not None else "not importable"}
     name = args.name or ("adv_quick" if args.quick else "adv")  # a quick run never overwrites the full results
     write_results(out_path(args, name, device), "Robustness evaluation: PWCF vs APGD, FAB, AutoAttack, LPA, PPGD (digits)",

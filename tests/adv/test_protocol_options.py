@@ -149,6 +149,27 @@ def test_attack_l1_slack_respects_the_budget():
     assert not below.success.any()
 
 
+def test_attack_uses_the_l1_epigraph_by_default_for_l1_only(monkeypatch):
+    """``l1_slack=None`` (default) builds the per-pixel epigraph for the l1 distance only; an
+    explicit value wins."""
+    import adv.api
+
+    seen = []
+    real = adv.api.MaxLossProblem
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        seen.append(k["l1_slack"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(adv.api, "MaxLossProblem", spy)
+    model, x, y = _three_class()
+    for dist, explicit, want in (("l1", None, True), (adv.Lp(1.0), None, True), ("l2", None, False),
+                                 ("linf", None, False), ("l1.5", None, False), ("l1", False, False)):
+        seen.clear()
+        adv.attack(model, x, y, dist, 0.05, l1_slack=explicit, restarts=1, maxit=5, restart_maxit=5)
+        assert seen == [want], (dist, explicit, seen)
+
+
 def test_default_line_search_cap():
     for kind in ("max", "min"):
         assert math.isfinite(default_solver_options(kind)["linesearch_maxit"])
