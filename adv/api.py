@@ -162,7 +162,7 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             for the l1 distance, off otherwise. On the l1 digits benchmark (300 images, eps 1.5,
             seeds 0 / 1 / 2; ``benchmarks/results/adv_max_n300_cpu.md`` and ``..._seed1/2``) the
             default protocol broke 173 / 171 / 170 images with it against 164 / 160 / 168 without
-            it (the files as committed at 04b5b48) and APGD-CE's 169 / 168 / 168, for about 1.55
+            it (the files as committed at 25317ed) and APGD-CE's 169 / 168 / 168, for about 1.55
             times the time (0.26 against 0.17 s per image). An earlier run on 100 images (another
             machine, dense starts) broke 51 either way.
         class_restarts: restarts ``1 .. class_restarts`` maximise the pairwise margin
