@@ -583,7 +583,8 @@ class _Solver:
                 HV = torch.where(bmask(ident, st.hv[rows]), _steer_cols(ev, rows), st.hv[rows])
             res = steer(apply, ev.g[rows], ev.ci[rows], ev.Ji[rows], ev.ce[rows], ev.Je[rows], mu[rows], qp=self.qp,
                         c_viol=o.steering_c_viol, c_mu=o.steering_c_mu, maxit=o.steering_maxit,
-                        ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol, HV=HV)
+                        ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol, HV=HV,
+                        sync_free=self.sync_free)
             d = d.index_copy(0, rows, res.d)
             mu_new = mu.index_copy(0, rows, res.mu)
             qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)

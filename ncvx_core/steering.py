@@ -43,13 +43,14 @@ def steer(
     l1_model: bool = True,
     qp_tol: float = 1e-12,
     HV: Tensor | None = None,
+    sync_free: bool = True,
 ) -> SteeringResult:
     """One steering step for k constrained problems.
 
     The dual of the penalty-SQP subproblem, ``min_y 0.5 y'Qy + (mu r - c)'y`` over the box
     (equality multipliers in [-1, 1], inequality multipliers in [0, 1]) with ``Q = A'HA`` and
-    ``r = A'H g``, is solved for every candidate penalty ``mu, 0, c_mu mu, ..., c_mu^maxit mu`` in
-    one batched call; the first acceptable candidate in GRANSO's order is taken, which is the same
+    ``r = A'H g``, is solved for the candidate penalties ``mu, 0, c_mu mu, ..., c_mu^maxit mu`` in
+    batched calls; the first acceptable candidate in GRANSO's order is taken, which is the same
     decision as GRANSO's sequential loop.
 
     Args:
@@ -58,6 +59,12 @@ def steer(
             ``Je (k, q, n)`` constraint values and gradients; ``mu (k,)``.
         HV: ``H [g, Je^T, Ji^T]`` ``(k, n, 1 + q + p)`` when the caller already has it (then
             ``apply_H`` is not called).
+        sync_free: True: every candidate in one QP call (no host read). False: the candidates
+            ``mu`` and 0 first, then the lowered penalties for the problems that do not accept
+            ``mu`` only (one host read sizes that call; on the digits attacks of ``adv`` mu was
+            accepted in nearly every step, and the QP batch shrinks from ``(maxit + 2) k`` to
+            ``2 k`` problems). Same decisions and directions either way: a problem's QP answer does
+            not depend on the other problems of its call.
     """
     k, n = g.shape
     p, q = ci.shape[1], ce.shape[1]
@@ -81,36 +88,49 @@ def steer(
                                                       device=dev))
     cands = torch.cat([mu64.unsqueeze(1), torch.zeros_like(mu64).unsqueeze(1), mu64.unsqueeze(1) * powers], dim=1)
     J = cands.shape[1]  # K + 2
-    lin = cands.unsqueeze(2) * r.unsqueeze(1) - c.unsqueeze(1)  # (k, J, mc)
-    lo = torch.cat([-torch.ones(q, dtype=torch.float64, device=g.device),
-                    torch.zeros(p, dtype=torch.float64, device=g.device)])
-    lo = lo.expand(k * J, mc)
-    hi = torch.ones_like(lo)
     bad = ~(torch.isfinite(Q).flatten(1).all(1) & torch.isfinite(r).all(1) & torch.isfinite(c).all(1))  # (k,)
     Qs = torch.where(bad.view(-1, 1, 1), 0.0, Q)
-    lins = torch.where(bad.view(-1, 1, 1), 0.0, lin)
-    sol = qp.solve(
-        BoxQP(Q=Qs.unsqueeze(1).expand(k, J, mc, mc).reshape(k * J, mc, mc), q=lins.reshape(k * J, mc),
-              lo=lo.contiguous(), hi=hi.contiguous()),
-        tol=qp_tol,
-    )
-    y = sol.w.view(k, J, mc)
-    failed = (sol.status.view(k, J) == QPStatus.FAILED) | bad.unsqueeze(1)
-    Ad = -(cands.unsqueeze(2) * r.unsqueeze(1) + bmm(y, Q.transpose(1, 2)))  # (k, J, mc)
-    lin_c = c.unsqueeze(1) + Ad
-    cE, cI = lin_c[:, :, :q], lin_c[:, :, q:]
     ci64, ce64 = ci.double(), ce.double()
     if l1_model:
         v = ci64.clamp(min=0).sum(1) + ce64.abs().sum(1)
-        pred = v.unsqueeze(1) - cI.clamp(min=0).sum(2) - cE.abs().sum(2)
     else:
         zero = torch.zeros(k, dtype=torch.float64, device=g.device)
-        tvi = ci64.clamp(min=0).amax(1) if p else zero
-        tve = ce64.abs().amax(1) if q else zero
-        v = torch.maximum(tvi, tve)
-        mi = cI.amax(2).clamp(min=0) if p else torch.zeros(k, J, dtype=torch.float64, device=g.device)
-        me = cE.abs().amax(2) if q else torch.zeros(k, J, dtype=torch.float64, device=g.device)
-        pred = v.unsqueeze(1) - mi - me
+        v = torch.maximum(ci64.clamp(min=0).amax(1) if p else zero, ce64.abs().amax(1) if q else zero)
+
+    def solve(sel: Tensor | None, cj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The candidate QPs ``cj (k', J')`` of problems ``sel`` (None: all): their multipliers
+        ``(k', J', mc)``, failures ``(k', J')`` and predicted violation reductions ``(k', J')``."""
+        Qk, rk, ck, badk, vk = ((Q, r, c, bad, v) if sel is None else (Q[sel], r[sel], c[sel], bad[sel], v[sel]))
+        Qsk = Qs if sel is None else Qs[sel]
+        kk, Jk = cj.shape
+        lin = cj.unsqueeze(2) * rk.unsqueeze(1) - ck.unsqueeze(1)  # (k', J', mc)
+        lins = torch.where(badk.view(-1, 1, 1), 0.0, lin)
+        lo = torch.cat([-torch.ones(q, dtype=torch.float64, device=g.device),
+                        torch.zeros(p, dtype=torch.float64, device=g.device)]).expand(kk * Jk, mc)
+        sol = qp.solve(
+            BoxQP(Q=Qsk.unsqueeze(1).expand(kk, Jk, mc, mc).reshape(kk * Jk, mc, mc), q=lins.reshape(kk * Jk, mc),
+                  lo=lo.contiguous(), hi=torch.ones_like(lo)),
+            tol=qp_tol,
+        )
+        y = sol.w.view(kk, Jk, mc)
+        failed = (sol.status.view(kk, Jk) == QPStatus.FAILED) | badk.unsqueeze(1)
+        Ad = -(cj.unsqueeze(2) * rk.unsqueeze(1) + bmm(y, Qk.transpose(1, 2)))  # (k', J', mc)
+        lin_c = ck.unsqueeze(1) + Ad
+        cE, cI = lin_c[:, :, :q], lin_c[:, :, q:]
+        if l1_model:
+            pred = vk.unsqueeze(1) - cI.clamp(min=0).sum(2) - cE.abs().sum(2)
+        else:
+            zj = torch.zeros(kk, Jk, dtype=torch.float64, device=g.device)
+            mi = cI.amax(2).clamp(min=0) if p else zj
+            me = cE.abs().amax(2) if q else zj
+            pred = vk.unsqueeze(1) - mi - me
+        return y, failed, pred
+
+    # the penalties mu and 0 first; the lowered ones only where mu is not accepted, which is rare
+    # (one host read sizes that second call). With sync_free every candidate is solved in one call.
+    # A problem's QPs do not depend on the other problems of a call, so both give the same answers.
+    first_only = not sync_free and K > 0
+    y, failed, pred = solve(None, cands[:, :2] if first_only else cands)
     tol = _SQRT_EPS * v.clamp(min=1)
     accept0 = pred[:, 0] >= c_viol * v - tol
     if q == 0 and ineq_margin < math.inf:
@@ -119,6 +139,14 @@ def steer(
     rho_ref = pred[:, 1]
     target = c_viol * rho_ref - tol
     accept0 = accept0 | (pred[:, 0] >= target) | bad
+    if first_only:
+        rest = torch.nonzero(~accept0).flatten()
+        y = torch.cat([y, y.new_zeros(k, K, mc)], dim=1)
+        failed = torch.cat([failed, failed.new_zeros(k, K)], dim=1)
+        pred = torch.cat([pred, pred.new_full((k, K), -math.inf)], dim=1)
+        if rest.numel():
+            y_r, failed_r, pred_r = solve(rest, cands[rest, 2:])
+            y[rest, 2:], failed[rest, 2:], pred[rest, 2:] = y_r, failed_r, pred_r
     if K > 0:
         ok = pred[:, 2:] >= target.unsqueeze(1)  # (k, K)
         first = torch.where(ok.any(1), ok.long().argmax(1), K - 1) + 2

@@ -375,6 +375,35 @@ def test_steering_rejects_a_product_of_the_wrong_shape():
               HV=torch.ones(k, n, 3, dtype=DT))
 
 
+@pytest.mark.parametrize("backend", ["auto", "ipm"])
+@pytest.mark.parametrize("seed", range(4))
+def test_steering_in_two_calls_makes_the_same_decisions_as_in_one(backend, seed):
+    """sync_free=False solves the penalties mu and 0 first and the lowered ones only where mu is
+    not accepted; the directions, penalties and failure flags equal those of the single call
+    (sync_free=True), including rows whose penalty is lowered."""
+    from ncvx_core.qp import get_qp_solver
+    from ncvx_core.steering import steer
+
+    gen = torch.Generator().manual_seed(seed)
+    k, n, p, q = 40, 5, 2, 1 if seed % 2 else 0
+    g = torch.randn(k, n, generator=gen, dtype=DT) * 10.0 ** torch.randint(-2, 3, (k, 1), generator=gen)
+    Ji = torch.randn(k, p, n, generator=gen, dtype=DT)
+    Je = torch.randn(k, q, n, generator=gen, dtype=DT)
+    ci = torch.randn(k, p, generator=gen, dtype=DT)
+    ce = torch.randn(k, q, generator=gen, dtype=DT)
+    mu = 10.0 ** torch.randint(-2, 3, (k,), generator=gen).to(DT)
+    R = torch.randn(k, n, n, generator=gen, dtype=DT)
+    H = R @ R.transpose(1, 2) / n + 0.1 * torch.eye(n, dtype=DT)
+    ci[0] = torch.nan  # a row with bad data is accepted as is in both
+    out = [steer(lambda V: H @ V, g, ci, Ji, ce, Je, mu, qp=get_qp_solver(backend), sync_free=sf)
+           for sf in (True, False)]
+    lowered = out[0].mu < mu
+    assert 0 < int(lowered.sum()) < k - 1  # both the second call and the accepted rows are exercised
+    assert torch.equal(out[0].mu, out[1].mu)
+    assert torch.equal(out[0].qp_failed, out[1].qp_failed)
+    assert torch.allclose(out[0].d, out[1].d, rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 # ==============================================================================================
 # 2. permutation equivariance
 # ==============================================================================================
