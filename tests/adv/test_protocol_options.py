@@ -113,6 +113,28 @@ def test_class_restarts_in_max_loss_and_logging(caplog):
         adv.attack(model, x, y, "l2", 0.15, class_restarts=-1)
 
 
+def test_attack_aims_restarts_at_runner_up_classes_by_default(monkeypatch):
+    """``class_restarts=2`` by default (capped at K - 2 classes): restarts 1 and 2 of a margin
+    attack aim at the runner-up classes of rank 1 and 2; the cross-entropy loss has none."""
+    import adv.api
+
+    seen = []
+    real = adv.api.run_max_loss
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        seen.append(k["class_restarts"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(adv.api, "run_max_loss", spy)
+    model, x, y = _three_class()
+    adv.attack(model, x, y, "l2", 0.05, restarts=2, maxit=5, restart_maxit=5)
+    adv.attack(model, x, y, "l2", 0.05, loss="ce", restarts=2, maxit=5, restart_maxit=5)
+    assert seen == [2, 0]
+    # with the default, restart 1 of the three-class model reaches the class-2 boundary (radius 0.1)
+    res = adv.attack(model, x, y, "l2", 0.15, restarts=2, maxit=60, restart_maxit=60)
+    assert res.success.all(), res.verdict.reason
+
+
 def test_max_loss_l1_slack_layout_and_constraints():
     model, x, y = _three_class()
     eps = torch.full((2,), 0.2, dtype=D)
@@ -346,10 +368,11 @@ def test_halt_defers_the_checks_of_rows_far_from_success():
     assert halt3.checked == 4
 
 
-def test_halt_stops_margin_rows_whose_margin_has_stalled_far_from_success():
-    """A margin row stops once its best solver margin has not risen by more than STALL_GAIN *
-    max(1, |best|) for STALL_ITERS iterations while below -CHECK_FAR_MARGIN; a row still rising, a
-    row near success and a non-margin row run on; a rise restarts the count."""
+def test_halt_stops_rows_whose_margin_has_stalled_far_from_success():
+    """A row stops once its best margin has not risen by more than STALL_GAIN * max(1, |best|)
+    for STALL_ITERS iterations while below -CHECK_FAR_MARGIN: margin rows by the solver's margin,
+    the other rows (class and cross-entropy restarts) by the checked margin at their point; a row
+    still rising and a row near success run on; a rise restarts the count."""
     from types import SimpleNamespace
 
     from adv.runner import CHECK_FAR_MARGIN, STALL_GAIN, STALL_ITERS, _Halt
@@ -358,24 +381,29 @@ def test_halt_stops_margin_rows_whose_margin_has_stalled_far_from_success():
     model, x, y = _three_class()
     p = MaxLossProblem(model, x, y, "l2", torch.full((2,), 0.5, dtype=D), box="none")
     ctx = CheckContext(model, x, y, None, adv.Lp(2.0), torch.full((2,), 0.5, dtype=D))
-    rows = torch.tensor([0, 1, 0, 1, 0])
-    margin_rows = torch.tensor([True, True, True, False, True])
+    rows = torch.tensor([0, 1, 0, 1, 0, 1])
+    margin_rows = torch.tensor([True, True, True, False, True, False])
     halt = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
-    pts = torch.stack([x[0], x[1], x[0], x[1], x[0]])  # the clean points: never a success
+    assert float(margin(model(x), y)[1]) < -CHECK_FAR_MARGIN  # row 3 sits at the clean point, far from success
     stops = []
     for it in range(1, 51):
         # row 0: flat at -1 (gains below the threshold); row 1: rises by 0.01 each iteration;
-        # row 2: flat just above -CHECK_FAR_MARGIN; row 3: flat, not a margin row; row 4: flat at
-        # -2, then one rise at iteration 20
-        m = torch.tensor([-1.0 + 1e-4 * (it % 2), -2.0 + 0.01 * it, -0.5 * CHECK_FAR_MARGIN, -1.0,
-                          -2.0 + (0.5 if it >= 20 else 0.0)], dtype=D)
-        info = SimpleNamespace(updated=torch.ones(5, dtype=torch.bool), status=torch.full((5,), -1), x=pts,
-                               f=-m, iteration=torch.full((5,), it, dtype=torch.long))
+        # row 2: flat just above -CHECK_FAR_MARGIN; row 3: not a margin row, at the clean point
+        # (its checked margin is flat; its solver value is ignored); row 4: flat at -2, then one
+        # rise at iteration 20; row 5: not a margin row, moving towards class 1 (checked margin
+        # -0.3 + 0.002 it)
+        m = torch.tensor([-1.0 + 1e-4 * (it % 2), -2.0 + 0.01 * it, -0.5 * CHECK_FAR_MARGIN, 5.0,
+                          -2.0 + (0.5 if it >= 20 else 0.0), -5.0], dtype=D)
+        moved = x[1].clone()
+        moved[0] += 0.002 * it
+        pts = torch.stack([x[0], x[1], x[0], x[1], x[0], moved])  # rows 0-4 at the clean points: never a success
+        info = SimpleNamespace(updated=torch.ones(6, dtype=torch.bool), status=torch.full((6,), -1), x=pts,
+                               f=-m, iteration=torch.full((6,), it, dtype=torch.long))
         stops.append(halt(info))
-    first = [next((i + 1 for i, s in enumerate(stops) if bool(s[r])), None) for r in range(5)]
-    # row 0 last rose at iteration 1 (its first margin), so it stops at 1 + STALL_ITERS
-    assert first == [1 + STALL_ITERS, None, None, None, 20 + STALL_ITERS]
-    assert halt.stalled.tolist() == [True, False, False, False, True]
+    first = [next((i + 1 for i, s in enumerate(stops) if bool(s[r])), None) for r in range(6)]
+    # rows 0 and 3 last rose at iteration 1 (their first margin), so they stop at 1 + STALL_ITERS
+    assert first == [1 + STALL_ITERS, None, None, 1 + STALL_ITERS, 20 + STALL_ITERS, None]
+    assert halt.stalled.tolist() == [True, False, False, True, True, False]
     # with the rule off nothing stops
     import adv.runner as runner
 
@@ -384,7 +412,7 @@ def test_halt_stops_margin_rows_whose_margin_has_stalled_far_from_success():
         runner.STALL_ITERS = 0
         halt0 = _Halt(ctx, p, rows, stop_on_success=True, budget=None, repair=True, margin_rows=margin_rows)
         for it in range(1, 41):
-            info.iteration = torch.full((5,), it, dtype=torch.long)
+            info.iteration = torch.full((6,), it, dtype=torch.long)
             assert not bool(halt0(info).any())
     finally:
         runner.STALL_ITERS = old
