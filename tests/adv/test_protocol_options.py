@@ -113,19 +113,26 @@ def test_class_restarts_in_max_loss_and_logging(caplog):
         adv.attack(model, x, y, "l2", 0.15, class_restarts=-1)
 
 
+def _record_keyword(monkeypatch, name: str, key: str) -> list:
+    """Wrap ``adv.api.<name>`` so that every call appends its keyword argument ``key`` to the
+    returned list (the call itself goes through)."""
+    import adv.api
+
+    seen: list = []
+    real = getattr(adv.api, name)
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        seen.append(k[key])
+        return real(*a, **k)
+
+    monkeypatch.setattr(adv.api, name, spy)
+    return seen
+
+
 def test_attack_aims_restarts_at_runner_up_classes_by_default(monkeypatch):
     """``class_restarts=2`` by default (capped at K - 2 classes): restarts 1 and 2 of a margin
     attack aim at the runner-up classes of rank 1 and 2; the cross-entropy loss has none."""
-    import adv.api
-
-    seen = []
-    real = adv.api.run_max_loss
-
-    def spy(*a, **k):  # type: ignore[no-untyped-def]
-        seen.append(k["class_restarts"])
-        return real(*a, **k)
-
-    monkeypatch.setattr(adv.api, "run_max_loss", spy)
+    seen = _record_keyword(monkeypatch, "run_max_loss", "class_restarts")
     model, x, y = _three_class()
     adv.attack(model, x, y, "l2", 0.05, restarts=2, maxit=5, restart_maxit=5)
     adv.attack(model, x, y, "l2", 0.05, loss="ce", restarts=2, maxit=5, restart_maxit=5)
@@ -174,16 +181,7 @@ def test_attack_l1_slack_respects_the_budget():
 def test_attack_uses_the_l1_epigraph_by_default_for_l1_only(monkeypatch):
     """``l1_slack=None`` (default) builds the per-pixel epigraph for the l1 distance only; an
     explicit value wins."""
-    import adv.api
-
-    seen = []
-    real = adv.api.MaxLossProblem
-
-    def spy(*a, **k):  # type: ignore[no-untyped-def]
-        seen.append(k["l1_slack"])
-        return real(*a, **k)
-
-    monkeypatch.setattr(adv.api, "MaxLossProblem", spy)
+    seen = _record_keyword(monkeypatch, "MaxLossProblem", "l1_slack")
     model, x, y = _three_class()
     for dist, explicit, want in (("l1", None, True), (adv.Lp(1.0), None, True), ("l2", None, False),
                                  ("linf", None, False), ("l1.5", None, False), ("l1", False, False)):
