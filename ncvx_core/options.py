@@ -153,7 +153,7 @@ class SolverOptions:
             if num(name) < 0:
                 bad(name, ">= 0")
         if self.ngrad is not None:
-            integer("ngrad", 1)
+            integer("ngrad", 0)
         integer("maxit", 0)
         if num("maxclocktime") <= 0:
             bad("maxclocktime", "> 0 (seconds)")

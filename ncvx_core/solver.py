@@ -493,6 +493,11 @@ class _Solver:
         o = self.o
         gphi = _gphi(st.ev, st.viol, st.mu)
         gnorm = gphi.norm(dim=1)
+        if self.plan.ngrad == 0:
+            # no gradient samples: the measure is the penalty gradient's norm (the smooth check
+            # alone), no QP
+            return st._replace(stat=torch.where(mask, gnorm, st.stat), n_grads=torch.where(mask, 1, st.n_grads),
+                               stat_fallback=st.stat_fallback.masked_fill(mask, 0))
         smooth = gnorm <= o.opt_tol
         need = mask & ~smooth
         stat = torch.where(mask & smooth, gnorm, st.stat)

@@ -1596,10 +1596,35 @@ def test_ngrad_only_changes_termination():
         return f, ci, None
 
     x0 = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    runs = [solve(problem, x0, SolverOptions(print_level=0, maxit=40, opt_tol=1e-300, ngrad=g)) for g in (1, 4, None)]
+    runs = [solve(problem, x0, SolverOptions(print_level=0, maxit=40, opt_tol=1e-300, ngrad=g))
+            for g in (1, 4, None, 0)]
     for r in runs[1:]:
         assert torch.equal(r.iters, runs[0].iters)
         assert torch.equal(r.final.x, runs[0].final.x)
         assert torch.equal(r.status, runs[0].status)
     assert (runs[0].status != 0).all()
     assert not torch.equal(runs[0].stationarity, runs[1].stationarity)  # the measure itself does change
+    # ngrad = 0: no samples and no QP; the measure is the norm of the penalty gradient at the final
+    # point, never below the one-sample QP's
+    r0 = runs[3]
+    assert r0.memory_plan.ngrad == 0
+    x = r0.final.x.clone().requires_grad_(True)
+    f, ci, _ = problem(x)
+    phi = r0.mu * f + ci.clamp(min=0).sum(1)
+    (g,) = torch.autograd.grad(phi.sum(), x)
+    torch.testing.assert_close(r0.stationarity, g.norm(dim=1), rtol=1e-12, atol=1e-14)
+    assert (r0.stationarity >= runs[0].stationarity * (1 - 1e-9)).all()
+
+
+def test_ngrad_zero_ends_with_code_0_at_a_smooth_stationary_point():
+    """With ngrad = 0 code 0 still fires where the penalty gradient vanishes (an unconstrained
+    smooth minimum), and ngrad below 0 is rejected by name."""
+    res = solve(lambda x: (((x - 1.0) ** 2).sum(1), None, None), torch.zeros(3, 4, dtype=DT),
+                SolverOptions(print_level=0, ngrad=0))
+    assert (res.status == 0).all()
+    assert (res.stationarity <= 1e-8).all()
+    torch.testing.assert_close(res.final.x, torch.ones(3, 4, dtype=DT), rtol=0, atol=1e-6)
+    from ncvx_core import OptionError
+
+    with pytest.raises(OptionError, match="ngrad"):
+        SolverOptions(ngrad=-1)

@@ -419,8 +419,9 @@ def test_halt_stops_rows_whose_margin_has_stalled_far_from_success():
 def test_default_stationarity_samples():
     from adv.runner import DEFAULT_NGRAD
 
+    assert DEFAULT_NGRAD == {"max": 0, "min": 1}
     for kind in ("max", "min"):
-        assert default_solver_options(kind)["ngrad"] == DEFAULT_NGRAD == 1
+        assert default_solver_options(kind)["ngrad"] == DEFAULT_NGRAD[kind]
 
 
 def test_line_search_starts_from_the_previous_step_for_max_loss_only():
