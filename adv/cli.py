@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ce-restarts", type=_nonneg_int, default=2, metavar="C",
                    help="of these, the last C maximise the cross-entropy instead of the margin (pwcf-margin; "
                         "never restart 0; default: %(default)s); e.g. --ce-restarts 0")
+    g.add_argument("--class-restarts", type=_nonneg_int, default=2, metavar="C",
+                   help="of these, restarts 1..C aim at the runner-up classes of rank 1..C at the clean input "
+                        "(pwcf-margin; default: %(default)s); e.g. --class-restarts 0")
     g.add_argument("--maxit", type=_positive_int, default=400, metavar="K",
                    help="PWCF attack iteration cap per sample, continuation included (default: %(default)s); "
                         "e.g. --maxit 100")
@@ -830,7 +833,7 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "threat": threat, "distance": getattr(distance, "name", threat), "eps": eps, "attacks": attacks,
         "min_distortion": bool(args.min_distortion), "n": n, "batch_size": args.batch_size, "seed": args.seed,
         "restarts": args.restarts if args.restarts is not None else default_restarts(distance),
-        "ce_restarts": args.ce_restarts, "maxit": args.maxit,
+        "ce_restarts": args.ce_restarts, "class_restarts": args.class_restarts, "maxit": args.maxit,
         "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
         "apgd_iter": args.apgd_iter,
@@ -948,6 +951,7 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
         eps=ctx["eps"], attacks=ctx["attacks"], min_distortion=settings["min_distortion"],
         apgd_iter=settings["apgd_iter"], apgd_restarts=settings["apgd_restarts"], examples=settings["examples"],
         pwcf=dict(restarts=settings["restarts"], ce_restarts=settings.get("ce_restarts", 0),
+                  class_restarts=settings.get("class_restarts", 0),
                   maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
                   box=settings["box"], dtype=_dtype_setting(settings, None),
                   parallel_restarts=settings["parallel_restarts"]),

@@ -313,6 +313,36 @@ def test_existing_run_needs_resume_or_overwrite_and_matching_settings(tmp_path, 
     assert json.loads((out / "settings.json").read_text())["eps"] == [0.07]
 
 
+def test_class_restarts_flag_reaches_the_attack_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
+    """--class-restarts goes to adv.attack and into settings.json; a resume with another value is
+    refused, and a settings file written before the flag existed counts as 0 (what those runs used)."""
+    import adv.api
+
+    seen = []
+    real = adv.api.attack
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        seen.append(k.get("class_restarts"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(adv.api, "attack", spy)
+    out = tmp_path / "rep"
+    base = ["evaluate", "--model", MODEL, "--data", str(data_npz), "--threat", "linf", "--n", "3", "--eps", "0.05",
+            "--attacks", "pwcf-margin", "--batch-size", "3", "--examples", "0", "--out", str(out), *FAST]
+    assert cli.main([*base, "--class-restarts", "1"]) == 0
+    assert seen and set(seen) == {1}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["class_restarts"] == 1
+    capsys.readouterr()
+    assert cli.main([*base, "--class-restarts", "2", "--resume"]) == 2
+    assert "class_restarts" in capsys.readouterr().err
+    # an older run's settings (no class_restarts key) resume only with --class-restarts 0
+    del settings["class_restarts"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert cli.main([*base, "--resume"]) == 2
+    assert cli.main([*base, "--class-restarts", "0", "--resume"]) == 0
+
+
 def test_report_of_a_directory_without_settings(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no settings.json" in capsys.readouterr().err
