@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Device check for a CUDA machine, designed to finish in under 7 minutes from a bare machine that
-# has Python with a CUDA build of torch preinstalled (no network needed):
+# Device check for a CUDA machine, designed to finish in under 5 minutes from a bare machine that
+# has Python with a CUDA build of torch preinstalled (no network needed; every step runs under a
+# `timeout`, 4 min 25 s at most in all, plus the install):
 #   (a) nvidia-smi and versions,
-#   (b) `pytest -q -m gpu tests` when pytest (and the tests' imports) are available and GPU tests exist,
-#   (c) bench_overhead.py, bench_scaling.py, bench_linesearch.py, bench_host_sync.py,
-#       diag_batch_invariance.py and bench_adv_device.py with --device cuda.
+#   (b) `pytest -q -m gpu tests` (the sync test among them) when pytest and hypothesis are available,
+#   (c) the throughput and sync benchmarks: bench_overhead.py, bench_scaling.py and
+#       bench_host_sync.py with --device cuda;
+#   (d) with EXTRAS=1 only (about 5 more minutes): bench_linesearch.py, diag_batch_invariance.py and
+#       bench_adv_device.py.
 # Results go to $OUT when it is set (else benchmarks/results/); a log of everything to gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 by default
+#   EXTRAS=1 OUT=/tmp/r bash benchmarks/gpu_check.sh
 #   PYTHON=/opt/conda/bin/python OUT=/tmp/r bash benchmarks/gpu_check.sh
 #   DEVICE=cpu SKIP_INSTALL=1 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #                                           # dry run of the same steps on the CPU (sizes are for a GPU)
@@ -66,31 +70,35 @@ else
 fi
 
 say "== (c) bench_overhead.py --device $DEV"
-run timeout 100 "$PY" benchmarks/bench_overhead.py --device "$DEV" --out "$RES" \
-  --batches 1,8,64,256,1024 --cnn-batches 1,8,64,128,256 --cnn-full-batches 1,8 --maxit 20 --budget 70 \
+run timeout 80 "$PY" benchmarks/bench_overhead.py --device "$DEV" --out "$RES" \
+  --batches 1,8,64,256,1024 --cnn-batches 1,8,64,128,256 --cnn-full-batches 1,8 --maxit 20 --budget 55 \
   || say "bench_overhead.py: exit code $?"
 
-say "== (c) bench_scaling.py --device $DEV"
-run timeout 100 "$PY" benchmarks/bench_scaling.py --device "$DEV" --out "$RES" \
-  --b-sweep 1,16,256,1024,4096 --full-sweep 1,16,64 --n-sweep 64,3072,150528 --maxit 10 --budget 70 --point-timeout 45 \
-  || say "bench_scaling.py: exit code $?"
-
-say "== (c) bench_linesearch.py --device $DEV"
-run timeout 120 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES" \
-  --workloads mlp-attack,cnn-attack --batch 256 --repeats 1 \
-  || say "bench_linesearch.py: exit code $?"
-
 say "== (c) bench_host_sync.py --device $DEV"
-run timeout 60 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
+run timeout 45 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" \
   || say "bench_host_sync.py: exit code $?"
 
-say "== (c) diag_batch_invariance.py --device $DEV"
-run timeout 60 "$PY" benchmarks/diag_batch_invariance.py --device "$DEV" --out "$RES" \
-  || say "diag_batch_invariance.py: exit code $?"
+say "== (c) bench_scaling.py --device $DEV"
+run timeout 80 "$PY" benchmarks/bench_scaling.py --device "$DEV" --out "$RES" \
+  --b-sweep 1,16,256,1024,4096 --full-sweep 1,16,64 --n-sweep 64,3072,150528 --maxit 10 --budget 55 --point-timeout 35 \
+  || say "bench_scaling.py: exit code $?"
 
-say "== (c) bench_adv_device.py --device $DEV"
-run timeout 150 "$PY" benchmarks/bench_adv_device.py --device "$DEV" --out "$RES" --n 64 --n-min 16 \
-  || say "bench_adv_device.py: exit code $?"
+if [ -n "${EXTRAS:-}" ]; then
+  say "== (d) bench_linesearch.py --device $DEV"
+  run timeout 120 "$PY" benchmarks/bench_linesearch.py --device "$DEV" --out "$RES" \
+    --workloads mlp-attack,cnn-attack --batch 256 --repeats 1 \
+    || say "bench_linesearch.py: exit code $?"
+
+  say "== (d) diag_batch_invariance.py --device $DEV"
+  run timeout 60 "$PY" benchmarks/diag_batch_invariance.py --device "$DEV" --out "$RES" \
+    || say "diag_batch_invariance.py: exit code $?"
+
+  say "== (d) bench_adv_device.py --device $DEV"
+  run timeout 150 "$PY" benchmarks/bench_adv_device.py --device "$DEV" --out "$RES" --n 32 --n-min 8 \
+    || say "bench_adv_device.py: exit code $?"
+else
+  say "== (d) extras skipped (EXTRAS=1 runs bench_linesearch.py, diag_batch_invariance.py, bench_adv_device.py)"
+fi
 
 say "== done; results in $RES"
 ls -l "$RES" | tee -a "$LOG"
