@@ -591,7 +591,7 @@ class _Halt:
                               torch.full((k,), -math.inf, dtype=torch.float64, device=rows.device))
         self.budget_hit = torch.zeros(k, dtype=torch.bool, device=rows.device)
         self.calls = 0
-        # stall rule: each margin row's best solver margin and the iteration it last rose at
+        # stall rule: each row's best margin and the iteration it last rose at
         self.m_best = torch.full((k,), -math.inf, dtype=torch.float64, device=rows.device)
         self.m_rise = torch.zeros(k, dtype=torch.long, device=rows.device)
         self.stalled = torch.zeros(k, dtype=torch.bool, device=rows.device)
@@ -618,7 +618,10 @@ class _Halt:
             self.deferred += (upd & far).sum()
         u = torch.nonzero(sel).flatten()
         self.checked += int(u.numel())
-        m_chk = None  # (k,) the checked margins (NaN: not checked now), for the stall rule of the other rows
+        # the margin of every updated row for the stall rule: the solver's on margin rows, the
+        # checked one on the others (class and cross-entropy rows are never deferred, so every
+        # updated one is checked now)
+        m = None if m_it is None else m_it.to(torch.float64)
         if u.numel():
             z = info.x[u].to(torch.float64)
             img = self.problem.to_image(z)
@@ -636,30 +639,22 @@ class _Halt:
                 self.best.margin[uw] = c.margin[w]
             if self.stop_on_success:
                 self.solved[r[c.success]] = True
-            if m_it is not None:
-                m_chk = torch.full_like(m_it, math.nan, dtype=torch.float64).index_copy(0, u, c.margin)
+            if m is not None:
+                m = m.index_copy(0, u, torch.where(self.margin_rows[u], m[u], c.margin))
         if self.stop_on_success:
             # a success, or a row whose sample another row has solved (checked or not)
             stop = upd & self.solved[self.rows]
-            if m_it is not None and STALL_ITERS > 0:
-                # margin rows: the solver's margin; class and cross-entropy rows (never deferred,
-                # so checked whenever updated): the checked margin
-                have = upd & self.margin_rows
-                m = m_it.to(torch.float64)
-                if m_chk is not None:
-                    other = upd & ~self.margin_rows & ~torch.isnan(m_chk)
-                    have = have | other
-                    m = torch.where(other, m_chk, m)
-                stop |= self._stall(m, it, have, running)
+            if m is not None and STALL_ITERS > 0:
+                stop |= self._stall(m, it, upd, running)
         if self.budget is not None:
             over = upd & running & ~stop & (it >= self.budget)
             self.budget_hit |= over
             stop |= over
         return stop
 
-    def _stall(self, m_it: Tensor, it: Tensor, upd: Tensor, running: Tensor) -> Tensor:
-        """``(k,)`` bool: of the rows that have a margin now (``upd``), with margins ``m_it`` at
-        iterations ``it``, those whose best margin is below ``-CHECK_FAR_MARGIN`` and has not
+    def _stall(self, m: Tensor, it: Tensor, upd: Tensor, running: Tensor) -> Tensor:
+        """``(k,)`` bool: of the rows updated now (``upd``), with margins ``m`` at iterations
+        ``it``, those whose best margin is below ``-CHECK_FAR_MARGIN`` and has not
         risen by more than ``STALL_GAIN * max(1, |best|)`` for ``STALL_ITERS`` iterations (they
         are marked in :attr:`stalled`). The caller passes the solver's margin for margin rows and
         the checked margin (the judge's, at the repaired point) for class and cross-entropy rows.
@@ -676,16 +671,13 @@ class _Halt:
         0.197-0.203 s per image against 0.099-0.102 / 0.077-0.084 / 0.208-0.213 s. A stopped row's
         points are checked at the end of its solve like any other's.
         """
-        assert self.margin_rows is not None
         it = it.long()
-        rows = upd
-        m_it = m_it.to(torch.float64)
-        m_it = torch.where(torch.isfinite(m_it), m_it, -math.inf)
-        rise = rows & (m_it > self.m_best + STALL_GAIN * self.m_best.abs().clamp(min=1.0))
-        rise |= rows & torch.isinf(self.m_best)  # the first finite margin of the row
+        m = torch.where(torch.isfinite(m), m, -math.inf)
+        rise = upd & (m > self.m_best + STALL_GAIN * self.m_best.abs().clamp(min=1.0))
+        rise |= upd & torch.isinf(self.m_best)  # the first finite margin of the row
         self.m_rise = torch.where(rise, it, self.m_rise)
-        self.m_best = torch.where(rows, torch.maximum(self.m_best, m_it), self.m_best)
-        stall = rows & running & (it - self.m_rise >= STALL_ITERS) & (self.m_best < -CHECK_FAR_MARGIN)
+        self.m_best = torch.where(upd, torch.maximum(self.m_best, m), self.m_best)
+        stall = upd & running & (it - self.m_rise >= STALL_ITERS) & (self.m_best < -CHECK_FAR_MARGIN)
         self.stalled |= stall
         return stall
 

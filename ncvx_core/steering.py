@@ -100,8 +100,8 @@ def steer(
     def solve(sel: Tensor | None, cj: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The candidate QPs ``cj (k', J')`` of problems ``sel`` (None: all): their multipliers
         ``(k', J', mc)``, failures ``(k', J')`` and predicted violation reductions ``(k', J')``."""
-        Qk, rk, ck, badk, vk = ((Q, r, c, bad, v) if sel is None else (Q[sel], r[sel], c[sel], bad[sel], v[sel]))
-        Qsk = Qs if sel is None else Qs[sel]
+        Qk, Qsk, rk, ck, badk, vk = ((Q, Qs, r, c, bad, v) if sel is None
+                                     else (Q[sel], Qs[sel], r[sel], c[sel], bad[sel], v[sel]))
         kk, Jk = cj.shape
         lin = cj.unsqueeze(2) * rk.unsqueeze(1) - ck.unsqueeze(1)  # (k', J', mc)
         lins = torch.where(badk.view(-1, 1, 1), 0.0, lin)
