@@ -66,6 +66,8 @@ def steer(
             ``(maxit + 2) / 2`` times smaller than the single one). Same decisions and directions
             either way: a problem's QP answer does not depend on the other problems of its call.
     """
+    if not isinstance(sync_free, bool):
+        raise TypeError(f"sync_free must be a bool, got {type(sync_free).__name__}")
     k, n = g.shape
     p, q = ci.shape[1], ce.shape[1]
     mc = p + q

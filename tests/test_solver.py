@@ -404,6 +404,18 @@ def test_steering_in_two_calls_makes_the_same_decisions_as_in_one(backend, seed)
     assert torch.allclose(out[0].d, out[1].d, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+def test_steering_rejects_a_non_bool_sync_free():
+    from ncvx_core.qp import get_qp_solver
+    from ncvx_core.steering import steer
+
+    k, n = 2, 3
+    g = torch.ones(k, n, dtype=DT)
+    ci, Ji = torch.ones(k, 1, dtype=DT), torch.ones(k, 1, n, dtype=DT)
+    ce, Je = torch.zeros(k, 0, dtype=DT), torch.zeros(k, 0, n, dtype=DT)
+    with pytest.raises(TypeError, match="sync_free must be a bool, got int"):
+        steer(lambda V: V, g, ci, Ji, ce, Je, torch.ones(k, dtype=DT), qp=get_qp_solver("auto"), sync_free=1)
+
+
 # ==============================================================================================
 # 2. permutation equivariance
 # ==============================================================================================
