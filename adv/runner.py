@@ -670,6 +670,15 @@ class _Halt:
         380 / 555 / 523 images against 381 / 555 / 524 and took 0.088-0.092 / 0.056-0.061 /
         0.197-0.203 s per image against 0.099-0.102 / 0.077-0.084 / 0.208-0.213 s. A stopped row's
         points are checked at the end of its solve like any other's.
+
+        Why the solver's margin on margin rows: a row whose iterate is outside the ball often has
+        its solver margin at the clip while the solver restores feasibility, and such rows still
+        succeed later. Using the checked margin there too (300 images, seeds 0-2, side by side,
+        ad hoc) broke 369 / 555 / 507 images against 380 / 555 / 523, in 0.053-0.054 /
+        0.031-0.035 / 0.107-0.110 s per image against 0.082-0.085 / 0.054-0.056 / 0.181-0.187 s;
+        counting a halving of the constraint violation as a rise as well, 371 / 555 / 513. An
+        extrapolation of each row's rate of rise to its last possible iteration, with the solver's
+        margin, changed neither the images broken nor the time (the slow rows sit at the clip).
         """
         it = it.long()
         m = torch.where(torch.isfinite(m), m, -math.inf)
