@@ -11,7 +11,7 @@ Sections (``--sections``, default ``cost,attack``):
 * ``cost``: forward + backward time per image (the sum of the logits back-propagated to the
   input; median of ``--cost-repeats`` repeats after ``--cost-warmup`` warm-up passes) at batch
   ``--cost-batch`` in float32 and float64, for ``adv.zoo.default_model("adversarial")`` (the 8x8
-  digits CNN) and for :class:`CifarCNN` (defined here).
+  digits CNN) and for :class:`common.CifarCNN`.
 * ``attack``: :class:`CifarCNN` trained here on scikit-learn's digits upsampled to 3x32x32
   (bilinear, repeated over 3 channels, values in [0, 1]; :func:`upsampled_digits`), deterministic
   (fixed seeds, one thread; :data:`RECIPE`: plain epochs, then l-infinity PGD adversarial epochs)
@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bench_adv import TA_ERROR, aa_published, judged_row, pct, status_hist, ta  # noqa: E402
-from common import add_common_args, fmt, log, md_table, out_path, setup, write_results  # noqa: E402
+from common import CifarCNN, add_common_args, fmt, log, md_table, out_path, setup, write_results  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import adv  # noqa: E402
@@ -70,28 +70,6 @@ DEFAULT_N = 16  # 20 images: an estimated ~15 min with the float64 run and the t
 # ----------------------------------------------------------------------------------------------
 # model and data
 # ----------------------------------------------------------------------------------------------
-class CifarCNN(nn.Module):
-    """A CIFAR-sized CNN on ``(B, 3, 32, 32)`` inputs, 10 logits.
-
-    ``conv3x3(3->32) ReLU conv3x3(32->64) ReLU maxpool2 conv3x3(64->128) ReLU maxpool2 flatten
-    linear(8192->256) ReLU linear(256->10)``. No batch-norm or dropout: train and eval modes compute
-    the same function and every row of the output depends on the same row of the input only.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
-        self.fc1 = nn.Linear(128 * 8 * 8, 256)
-        self.fc2 = nn.Linear(256, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
-        h = F.max_pool2d(F.relu(self.conv3(h)), 2)
-        return self.fc2(F.relu(self.fc1(h.flatten(1))))
-
-
 def upsample(x: Tensor) -> Tensor:
     """``(N, 1, 8, 8)`` in [0, 1] -> ``(N, 3, 32, 32)``: bilinear to 32x32 (each output pixel a
     convex combination of inputs, so values stay in [0, 1]; clamped against rounding), the one
@@ -207,7 +185,7 @@ def section_cost(args: argparse.Namespace, cifar: nn.Module, summary: dict[str, 
     rows = []
     for name, model, x in ((f"adv.zoo.default_model('adversarial') (DigitsCNN 1x8x8, recipe {ZOO_RECIPE_VERSION})",
                             default_model("adversarial"), x8),
-                           ("CifarCNN (3x32x32, defined here)", cifar, x32)):
+                           ("CifarCNN (3x32x32, common.py)", cifar, x32)):
         ms = {}
         for dt in (torch.float32, torch.float64):
             m = _frozen(type(model)())

@@ -10,7 +10,10 @@ synchronised at every clock read.
 
 Problems: the max-loss l2 attack (paper Eq. 1) on the digits MLP (n = 64) and on a small CNN with
 random weights on 3x32x32 inputs (n = 3072), for several B, with full-memory BFGS and with
-L-BFGS (``--lbfgs`` pairs), at a fixed small ``--maxit``.
+L-BFGS (``--lbfgs`` pairs), at a fixed small ``--maxit``. ``--models cifar`` adds the same attack on
+``common.CifarCNN`` (3x32x32, three convolutions of 32-128 channels and two linear layers, random
+weights): the overhead share of one solver depends on what the model costs, and the small CNN's
+forward and backward passes cost a fraction of a CIFAR model's.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from common import (  # noqa: E402
     cnn_inputs,
     correctly_classified,
     log,
+    make_cifar_cnn,
     make_cnn,
     md_table,
     out_path,
@@ -108,7 +112,9 @@ def _ints(s: str) -> list[int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap, default_out="overhead")
-    ap.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp (n = 64), cnn (n = 3072)")
+    ap.add_argument("--models", default="mlp,cnn",
+                    help="comma-separated: mlp (n = 64), cnn (n = 3072, two small conv layers), cifar (n = 3072, "
+                         "common.CifarCNN: three conv layers of 32-128 channels and two linear layers)")
     ap.add_argument("--batches", type=_ints, default=[1, 8, 64, 256, 512], help="B values of the MLP (default 1,8,64,256,512)")
     ap.add_argument("--cnn-batches", type=_ints, default=[1, 8, 64, 128, 256],
                     help="B values of the CNN (default 1,8,64,128,256)")
@@ -139,10 +145,19 @@ def main() -> int:
         model, Xte, yte, info = train_digits_mlp(device, dtype, seed=args.seed)
         mlp = (model, Xte, yte)
         notes.append("digits MLP: " + ", ".join(f"{k}: {v}" for k, v in info.items()))
-    cnn = make_cnn(device, dtype, seed=args.seed) if "cnn" in models else None
-    if cnn is not None:
+    convs = {}
+    if "cnn" in models:
+        convs["cnn"] = make_cnn(device, dtype, seed=args.seed)
         notes.append("CNN: conv3x3(16)-pool-conv3x3(32)-pool-linear(10), random weights, random inputs in [0, 1] "
                      "labelled with the model's own prediction")
+    if "cifar" in models:
+        convs["cifar"] = make_cifar_cnn(device, dtype, seed=args.seed)
+        notes.append("cifar: common.CifarCNN, conv3x3(32)-conv3x3(64)-pool-conv3x3(128)-pool-linear(256)-linear(10) "
+                     "(the architecture of bench_adv_cost.py), random weights with the last layer x20, random inputs "
+                     "in [0, 1] labelled with the model's own prediction")
+    unknown = set(models) - {"mlp", "cnn", "cifar"}
+    if unknown:
+        raise SystemExit(f"--models: unknown {sorted(unknown)}; choose from mlp, cnn, cifar")
 
     hdr = ["model", "n", "memory asked", "B", "memory used (plan)", "ngrad", "total s", "function s", "forward s",
            "backward s", "overhead share", "ms per problem-iteration", "s per problem", "status; mean iters"]
@@ -190,8 +205,8 @@ def main() -> int:
                     x, y = correctly_classified(mlp[0], mlp[1], mlp[2], B)
                     P = AttackProblem(mlp[0], x, y, args.eps_mlp)
                 else:
-                    x, y = cnn_inputs(cnn, B, seed=args.seed)
-                    P = AttackProblem(cnn, x, y, args.eps_cnn)
+                    x, y = cnn_inputs(convs[mname], B, seed=args.seed)
+                    P = AttackProblem(convs[mname], x, y, args.eps_cnn)
                 x0 = P.x0(seed=args.seed)
                 opts = dict(maxit=args.maxit, opt_tol=1e-6, viol_ineq_tol=1e-6, print_level=0,
                             limited_mem_size=(args.lbfgs if mem == "lbfgs" else 0))

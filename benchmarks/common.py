@@ -348,6 +348,43 @@ class SmallCNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class CifarCNN(nn.Module):
+    """A CIFAR-sized CNN on ``(B, 3, 32, 32)`` inputs, 10 logits.
+
+    ``conv3x3(3->32) ReLU conv3x3(32->64) ReLU maxpool2 conv3x3(64->128) ReLU maxpool2 flatten
+    linear(8192->256) ReLU linear(256->10)``. No batch-norm or dropout: train and eval modes compute
+    the same function and every row of the output depends on the same row of the input only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
+        self.fc1 = nn.Linear(128 * 8 * 8, 256)
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        h = F.max_pool2d(F.relu(self.conv3(h)), 2)
+        return self.fc2(F.relu(self.fc1(h.flatten(1))))
+
+
+def make_cifar_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0,
+                   logit_scale: float = 20.0) -> nn.Module:
+    """:class:`CifarCNN` with random (default-initialised) weights, the last layer multiplied by
+    ``logit_scale`` (as :func:`make_cnn`), frozen, in eval mode."""
+    torch.manual_seed(seed)
+    model = CifarCNN()
+    with torch.no_grad():
+        model.fc2.weight.mul_(logit_scale)
+        model.fc2.bias.mul_(logit_scale)
+    model = model.to(device=device, dtype=dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def make_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0,
              logit_scale: float = 20.0) -> nn.Module:
     """The CNN with random (default-initialised) weights; the last layer is multiplied by
