@@ -353,14 +353,28 @@ def _inner(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.bmm(S, Y.transpose(1, 2)), torch.bmm(Y, Y.transpose(1, 2))
 
 
+def _rows_times(Wt: Tensor, M: Tensor) -> Tensor:
+    """``Wt @ M^T`` for row blocks ``Wt (k, c, n)`` and a memory ``M (k, m, n)``: ``(k, c, m)``, the
+    memory's inner products with c vectors.
+
+    Both operands keep n as their contiguous dimension, which BLAS multiplies several times
+    faster than ``M @ W`` with ``W (k, n, c)`` (a product with a few columns): on a 2-core CPU,
+    k = 128, m = 10, n = 3072, c = 2, 0.5 against 3.2 ms in float32. A single row is padded to
+    two, as :func:`~ncvx_core.utils.bmm` pads a single column, so that a problem's rounding does
+    not depend on its batch."""
+    if Wt.shape[1] == 1:
+        return torch.bmm(torch.cat([Wt, torch.zeros_like(Wt)], dim=1), M.transpose(1, 2))[:, :1]
+    return torch.bmm(Wt, M.transpose(1, 2))
+
+
 def _push_inner(SY: Tensor, YY: Tensor, S: Tensor, Y: Tensor, s: Tensor, y: Tensor,
                 ok: Tensor) -> tuple[Tensor, Tensor]:
     """``(S Y^T, Y Y^T)`` of the memories ``S, Y (k, m, n)`` after :func:`_push` appended
     ``s, y (k, n)`` where ``ok``, from the previous products ``SY, YY (k, m, m)``: the old entries
     shift up and left by one slot and only the new last row and column are computed, O(m n)
     instead of O(m^2 n) per problem. Rows where ``ok`` is False keep ``SY, YY``."""
-    ys = bmm(Y, torch.stack([s, y], dim=-1).to(Y.dtype))  # (k, m, 2): y_j . s and y_j . y
-    sy = bmm(S, y.unsqueeze(2).to(S.dtype)).squeeze(2)  # (k, m): s_i . y
+    ys = _rows_times(torch.stack([s, y], dim=1).to(Y.dtype), Y).transpose(1, 2)  # (k, m, 2): y_j . s and y_j . y
+    sy = _rows_times(y.unsqueeze(1).to(S.dtype), S).squeeze(1)  # (k, m): s_i . y
     SYn = torch.empty_like(SY)
     YYn = torch.empty_like(YY)
     SYn[:, :-1, :-1] = SY[:, 1:, 1:]  # empty when m = 1
@@ -472,10 +486,15 @@ class LBFGS:
     def matmul(self, state: LBFGSState, V: Tensor) -> Tensor:
         """``H @ V`` for ``V (k, n, c)`` through the compact representation."""
         S, Y, gamma = state.S, state.Y, state.gamma
-        m = S.shape[1]
+        m, c = S.shape[1], V.shape[2]
         filled = state.rho != 0  # (k, m)
-        a = bmm(S, V)  # (k, m, c)
-        b = bmm(Y, V)
+        # the products with S and Y run on row blocks (k, c, n) (see _rows_times)
+        Vt = V.transpose(1, 2)
+        if c == 1:
+            Vt = torch.cat([Vt, torch.zeros_like(Vt)], dim=1)
+        Vt = Vt.contiguous()
+        a = _rows_times(Vt, S).transpose(1, 2)  # (k, m, c')
+        b = _rows_times(Vt, Y).transpose(1, 2)
         SY, YY = (state.SY, state.YY) if state.SY is not None and state.YY is not None else _inner(S, Y)
         R = torch.triu(SY)
         eye = torch.eye(m, dtype=V.dtype, device=V.device).unsqueeze(0)
@@ -485,7 +504,10 @@ class LBFGS:
         g = gamma.view(-1, 1, 1)
         inner = D.unsqueeze(2) * w + g * bmm(YY, w) - g * b
         top = torch.linalg.solve_triangular(R.transpose(1, 2), inner, upper=False)  # R^{-T}(...)
-        return g * V + bmm(S.transpose(1, 2), top) - g * bmm(Y.transpose(1, 2), w)
+        # (gamma V + S^T top - gamma Y^T w)^T, accumulated in the row layout
+        out = torch.baddbmm(g * Vt, top.transpose(1, 2).contiguous(), S)
+        out = torch.baddbmm(out, (-g * w).transpose(1, 2).contiguous(), Y)
+        return out[:, :c].transpose(1, 2)
 
     def update(self, state: LBFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[LBFGSState, UpdateInfo]:
         h = self.matmul(state, s.unsqueeze(2)).squeeze(2)

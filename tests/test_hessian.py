@@ -512,6 +512,19 @@ def test_lbfgs_matmul_equals_naive_two_loop(seed, B, n, m, K, c, scaleH0, fixed)
         assert _rel(HV[b], torch.from_numpy(refV)) < 1e-10
 
 
+@given(seed=seeds, B=st.integers(2, 5), n=dims, m=st.integers(1, 5), K=st.integers(0, 9), c=st.integers(1, 3))
+def test_lbfgs_matmul_of_a_problem_does_not_depend_on_its_batch(seed, B, n, m, K, c):
+    """H V of each problem, bit for bit the same alone as in its batch (the products with S and Y
+    run on row blocks; a single column is padded, as utils.bmm pads it)."""
+    lb, state, _, _ = _run_lbfgs(seed, B, n, m, K, scaleH0=True, fixed=True, neg_p=0.2)
+    V = _randn(_gen(seed + 2), B, n, c)
+    HV = lb.matmul(state, V)
+    assert HV.shape == (B, n, c)
+    for b in range(B):
+        one = lb.matmul(state_rows(state, torch.tensor([b])), V[b:b + 1])
+        assert torch.equal(one[0], HV[b])
+
+
 @given(seed=seeds, B=batch, n=dims, m=st.integers(1, 5), K=st.integers(0, 12), damping=st.sampled_from([0.0, 1e-4, 0.3]))
 def test_lbfgs_updated_inner_products_equal_recomputed_ones(seed, B, n, m, K, damping):
     """The state's S Y^T and Y Y^T, shifted and extended by one row and column per stored pair,
