@@ -217,7 +217,7 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
     sig = torch.zeros(w, dtype=torch.bool, device=dev)
     sig[q] = True
     eq_mask = (vmask & sig.view(1, 1, w)).reshape(k, m)
-    HM = apply_H(M.transpose(1, 2).contiguous())  # (k, n, m)
+    HM = apply_H(M.transpose(1, 2))  # (k, n, m); the (k, m, n) layout of M is what H's products read
     M64, HM64 = M.double(), HM.double()
     finite = torch.isfinite(M64).flatten(1).all(1) & torch.isfinite(HM64).flatten(1).all(1) & torch.isfinite(lin).all(1)
 
@@ -252,7 +252,10 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
         z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
         z = torch.where(bmask(ok1, z), z, z2)
         fallback = fallback.masked_fill(~ok1 & ok2, 2)
-    dvec = -bmm(HM64, z.unsqueeze(2)).squeeze(2)
+    # d = -H M z as a row: z^T (HM)^T, with n the contiguous dimension of (HM)^T when H's product
+    # returns it in the row layout (L-BFGS); a single row is padded as utils.bmm pads a column
+    zr = torch.stack([z, torch.zeros_like(z)], dim=1)  # (k, 2, m)
+    dvec = -torch.bmm(zr, HM64.transpose(1, 2))[:, 0]
     stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
     stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)
     return StationarityResult(stat, counts, fallback)
