@@ -370,15 +370,13 @@ class CifarCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(h.flatten(1))))
 
 
-def make_cifar_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0,
-                   logit_scale: float = 20.0) -> nn.Module:
-    """:class:`CifarCNN` with random (default-initialised) weights, the last layer multiplied by
-    ``logit_scale`` (as :func:`make_cnn`), frozen, in eval mode."""
-    torch.manual_seed(seed)
-    model = CifarCNN()
+def _random_model(model: nn.Module, last: nn.Linear, device: torch.device, dtype: torch.dtype,
+                  logit_scale: float) -> nn.Module:
+    """``model`` (default-initialised) with its last layer ``last`` multiplied by ``logit_scale``,
+    frozen, in eval mode."""
     with torch.no_grad():
-        model.fc2.weight.mul_(logit_scale)
-        model.fc2.bias.mul_(logit_scale)
+        last.weight.mul_(logit_scale)
+        last.bias.mul_(logit_scale)
     model = model.to(device=device, dtype=dtype).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -392,13 +390,16 @@ def make_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: 
     any small perturbation flips the class and the attack ends at once)."""
     torch.manual_seed(seed)
     model = SmallCNN()
-    with torch.no_grad():
-        model.fc.weight.mul_(logit_scale)
-        model.fc.bias.mul_(logit_scale)
-    model = model.to(device=device, dtype=dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return _random_model(model, model.fc, device, dtype, logit_scale)
+
+
+def make_cifar_cnn(device: torch.device, dtype: torch.dtype = torch.float64, *, seed: int = 0,
+                   logit_scale: float = 20.0) -> nn.Module:
+    """:class:`CifarCNN` with random (default-initialised) weights, the last layer multiplied by
+    ``logit_scale`` (as :func:`make_cnn`), frozen, in eval mode."""
+    torch.manual_seed(seed)
+    model = CifarCNN()
+    return _random_model(model, model.fc2, device, dtype, logit_scale)
 
 
 def cnn_inputs(model: nn.Module, B: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
