@@ -43,7 +43,8 @@ class HessianApprox(Protocol):
     """A batched inverse-Hessian approximation H (never the Hessian itself).
 
     ``init`` builds the state of B problems; ``matmul(state, V)`` returns ``H @ V`` for
-    ``V`` of shape ``(k, n, c)``; ``update(state, s, y, mask)`` performs one (damped) update for the
+    ``V`` of shape ``(k, n, c)`` (possibly a strided view, e.g. a transpose; the result may be a
+    view too); ``update(state, s, y, mask)`` performs one (damped) update for the
     problems where ``mask`` is true and leaves the others bit-identical. All tensors of a state
     have the batch dimension first.
     """
