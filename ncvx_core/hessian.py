@@ -177,8 +177,8 @@ class BFGS:
             return bmm(state.H, V)
         # one product per problem on its own block of H: no copy of H for a subset, and the same
         # kernel whatever the batch (a batched product may round differently from a single one).
-        # Formed as (V^T H^T)^T: rows of length n against H read along its rows, 2-4x faster on a
-        # CPU than H @ V with a few columns (n = 3072, two columns: 4.0 against 9.1 ms in float64)
+        # Formed as (V^T H^T)^T: rows of length n against H read along its rows, several times
+        # faster on a CPU than H @ V with a few columns (benchmarks/results/products_cpu.md)
         rows = _blocks(state)
         c = V.shape[-1]
         Vt = V.transpose(1, 2)
@@ -358,28 +358,15 @@ def _inner(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.bmm(S, Y.transpose(1, 2)), torch.bmm(Y, Y.transpose(1, 2))
 
 
-def _rows_times(Wt: Tensor, M: Tensor) -> Tensor:
-    """``Wt @ M^T`` for row blocks ``Wt (k, c, n)`` and a memory ``M (k, m, n)``: ``(k, c, m)``, the
-    memory's inner products with c vectors.
-
-    Both operands keep n as their contiguous dimension, which BLAS multiplies several times
-    faster than ``M @ W`` with ``W (k, n, c)`` (a product with a few columns): on a 2-core CPU,
-    k = 128, m = 10, n = 3072, c = 2, 0.5 against 3.2 ms in float32. A single row is padded to
-    two, as :func:`~ncvx_core.utils.bmm` pads a single column, so that a problem's rounding does
-    not depend on its batch."""
-    if Wt.shape[1] == 1:
-        return torch.bmm(torch.cat([Wt, torch.zeros_like(Wt)], dim=1), M.transpose(1, 2))[:, :1]
-    return torch.bmm(Wt, M.transpose(1, 2))
-
-
 def _push_inner(SY: Tensor, YY: Tensor, S: Tensor, Y: Tensor, s: Tensor, y: Tensor,
                 ok: Tensor) -> tuple[Tensor, Tensor]:
     """``(S Y^T, Y Y^T)`` of the memories ``S, Y (k, m, n)`` after :func:`_push` appended
     ``s, y (k, n)`` where ``ok``, from the previous products ``SY, YY (k, m, m)``: the old entries
     shift up and left by one slot and only the new last row and column are computed, O(m n)
     instead of O(m^2 n) per problem. Rows where ``ok`` is False keep ``SY, YY``."""
-    ys = _rows_times(torch.stack([s, y], dim=1).to(Y.dtype), Y).transpose(1, 2)  # (k, m, 2): y_j . s and y_j . y
-    sy = _rows_times(y.unsqueeze(1).to(S.dtype), S).squeeze(1)  # (k, m): s_i . y
+    # row blocks against the memory (see LBFGS.matmul); bmm pads the single row
+    ys = bmm(torch.stack([s, y], dim=1).to(Y.dtype), Y.transpose(1, 2)).transpose(1, 2)  # (k, m, 2): y_j . s, y_j . y
+    sy = bmm(y.unsqueeze(1).to(S.dtype), S.transpose(1, 2)).squeeze(1)  # (k, m): s_i . y
     SYn = torch.empty_like(SY)
     YYn = torch.empty_like(YY)
     SYn[:, :-1, :-1] = SY[:, 1:, 1:]  # empty when m = 1
@@ -493,13 +480,17 @@ class LBFGS:
         S, Y, gamma = state.S, state.Y, state.gamma
         m, c = S.shape[1], V.shape[2]
         filled = state.rho != 0  # (k, m)
-        # the products with S and Y run on row blocks (k, c, n) (see _rows_times)
+        # the products with S and Y run on row blocks V^T (k, c, n): both operands keep n as their
+        # contiguous dimension, which BLAS multiplies several times faster than S V with a few
+        # columns (benchmarks/results/products_cpu.md). One column is padded to two rows, so that
+        # every product below (V^T S^T, and the accumulation of (HV)^T) keeps a problem's
+        # rounding independent of its batch, as utils.bmm does
         Vt = V.transpose(1, 2)
         if c == 1:
             Vt = torch.cat([Vt, torch.zeros_like(Vt)], dim=1)
         Vt = Vt.contiguous()
-        a = _rows_times(Vt, S).transpose(1, 2)  # (k, m, c')
-        b = _rows_times(Vt, Y).transpose(1, 2)
+        a = bmm(Vt, S.transpose(1, 2)).transpose(1, 2)  # (k, m, c')
+        b = bmm(Vt, Y.transpose(1, 2)).transpose(1, 2)
         SY, YY = (state.SY, state.YY) if state.SY is not None and state.YY is not None else _inner(S, Y)
         R = torch.triu(SY)
         eye = torch.eye(m, dtype=V.dtype, device=V.device).unsqueeze(0)

@@ -252,10 +252,9 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
         z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
         z = torch.where(bmask(ok1, z), z, z2)
         fallback = fallback.masked_fill(~ok1 & ok2, 2)
-    # d = -H M z as a row: z^T (HM)^T, with n the contiguous dimension of (HM)^T when H's product
-    # returns it in the row layout (L-BFGS); a single row is padded as utils.bmm pads a column
-    zr = torch.stack([z, torch.zeros_like(z)], dim=1)  # (k, 2, m)
-    dvec = -torch.bmm(zr, HM64.transpose(1, 2))[:, 0]
+    # d = -H M z as a row, z^T (HM)^T: n is the contiguous dimension of (HM)^T when H's product
+    # returns the row layout (the built-in approximations)
+    dvec = -bmm(z.unsqueeze(1), HM64.transpose(1, 2))[:, 0]
     stat = dvec.norm(dim=1) if l2 else dvec.abs().amax(dim=1)
     stat = torch.where(fallback >= 0, stat, torch.inf).to(ci.dtype)
     return StationarityResult(stat, counts, fallback)
