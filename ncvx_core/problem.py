@@ -222,7 +222,13 @@ class Evaluator:
                 evaluated when the function cannot be called on a subset.
             grad: compute gradients too.
         """
+        with torch.inference_mode(False):  # the user's code runs outside the solver's inference mode
+            return self._evaluate(x, idx, x_full, grad)
+
+    def _evaluate(self, x: Tensor, idx: Tensor | None, x_full: Tensor | None, grad: bool) -> Evaluation:
         k = x.shape[0]
+        if idx is not None and idx.is_inference():
+            idx = idx.clone()
         if idx is not None and k != self.B and not self.accepts_idx:
             if x_full is None:
                 raise RuntimeError("internal: x_full is needed to evaluate a subset")
@@ -236,6 +242,9 @@ class Evaluator:
 
     def _evaluate_rows(self, x: Tensor, idx: Tensor | None, grad: bool) -> Evaluation:
         k = x.shape[0]
+        # the user gets a normal tensor of its own: the solver's points are inference tensors, and
+        # a write to it must not reach them
+        x = x.detach().clone()
         if self.user_gradients:
             with torch.no_grad():
                 f, ci, ce, gf, gci, gce = self._unpack(self._call(x, idx), k)
@@ -250,7 +259,7 @@ class Evaluator:
                 f, ci, ce, *_ = self._unpack(self._call(x, idx), k)
             return Evaluation(f, ci, ce)
         with torch.enable_grad():
-            xv = x.detach().clone().requires_grad_(True)
+            xv = x.requires_grad_(True)
             f, ci, ce, *_ = self._unpack(self._call(xv, idx), k)
             cols = [f] + [ci[:, j] for j in range(ci.shape[1])] + [ce[:, j] for j in range(ce.shape[1])]
             grads = self._jacobian(cols, xv)

@@ -65,6 +65,10 @@ class SolveResult:
             scaling_skips).
         H_final: the inverse-Hessian state (``BFGSState`` or ``LBFGSState``) for warm starts.
         elapsed: wall time in seconds.
+
+    Every tensor is a normal tensor (not an inference tensor), even though the solver computes in
+    inference mode (docs/batching.md, "Inference mode"), unless the solve was started inside the
+    caller's own ``torch.inference_mode()``.
     """
 
     final: Iterate

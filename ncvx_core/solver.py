@@ -41,7 +41,7 @@ from .result import Iterate, SolveResult
 from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, bmm, sync_free_on, tree_put, tree_rows, tree_where
+from .utils import bmask, bmm, normal_tensors, sync_free_on, tree_put, tree_rows, tree_where
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -134,6 +134,11 @@ class HaltInfo(NamedTuple):
     still running count. ``x`` has the user's shape ``(B, *shape)``; ``H`` is the inverse-Hessian
     state; ``fallback_level`` the direction strategy that produced the step (0 S, 1 SI, 2 QN, 3 GD,
     4 random); ``status`` the current termination codes (-1 while running).
+
+    The callback runs outside the solver's inference mode; every field but ``H`` is a normal copy it
+    may write to or differentiate through; ``H`` is the solver's own state, handed over as is (an
+    inference tensor except for a full-memory ``H`` updated in place: clone it before writing to it
+    or using it with autograd).
     """
 
     iteration: Tensor
@@ -369,6 +374,14 @@ class _Solver:
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> SolveResult:
+        # the solver's own arithmetic runs in inference mode (no autograd bookkeeping on any of its
+        # operations); the user's code (the problem function, halt_log_fn) runs outside it and gets
+        # normal tensors, and so does the result
+        with torch.inference_mode():
+            st = self._run()
+        return self._result(st)
+
+    def _run(self) -> State:
         o = self.o
         B, n = self.B, self.n
         x = self.x0
@@ -394,8 +407,9 @@ class _Solver:
             m = self.plan.limited_mem_size
             self.hess = (LBFGS(m, o.bfgs_damping, o.scaleH0, o.limited_mem_fixed_scaling) if m > 0
                          else BFGS(o.bfgs_damping))
-        H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
-                           scaleH0=o.scaleH0)
+        with torch.inference_mode(False):  # normal tensors: an in-place update keeps them so (no copy for the result)
+            H = self.hess.init(B, n, self.dtype, self.device, H0=self._H0(), warm_start=o.limited_mem_warm_start,
+                               scaleH0=o.scaleH0)
         # in-place full memory: the update also returns H+ times the next directions' columns, which
         # saves the next pass over every n x n block (see BFGS.update_apply)
         self.reuse = (isinstance(H, BFGSState) and H.inplace and hasattr(self.hess, "update_apply")
@@ -454,7 +468,7 @@ class _Solver:
             passes += 1
             if self.printer is not None:
                 self.printer.row(st, acc_full)
-        return self._result(st)
+        return st
 
     def _maxit(self, st: State) -> State:
         """Code 4 for the running problems that have reached ``maxit`` iterations."""
@@ -541,7 +555,8 @@ class _Solver:
                         st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible, st.mu, phi, st.stat, st.n_grads,
                         st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), st.H, updated.clone(),
                         st.status.long())
-        out = fn(info)
+        with torch.inference_mode(False):  # the callback gets normal tensors (H: the solver's own state, as is)
+            out = fn(normal_tensors(info._replace(H=None))._replace(H=st.H))
         if out is None:
             return st
         if not isinstance(out, Tensor) or out.shape != (self.B,):
@@ -817,12 +832,14 @@ class _Solver:
                        st.mu, torch.ones_like(st.viol.feasible))
         best, mf = _unpack(st.best, self.p), _unpack(st.mf, self.p)
         names = ["requests", "updates", "damped", "sty_fails", "infnan_fails", "scaling_skips"]
-        final_it = it(final)
+        final_it = normal_tensors(it(final))
         res = SolveResult(
-            final=final_it, best=it(best, mf), most_feasible=it(mf), status=st.status.long(),
-            iters=st.iters, fn_evals=st.fn_evals, stationarity=st.stat, mu=st.mu, violation=final_it.violation,
-            mu_lowest=st.mu_lowest, bfgs={nm: st.counters[:, j] for j, nm in enumerate(names)}, H_final=st.H,
-            elapsed=time.monotonic() - self.t_start, options=self.o, memory_plan=self.plan,
+            final=final_it, best=normal_tensors(it(best, mf)), most_feasible=normal_tensors(it(mf)),
+            status=normal_tensors(st.status.long()), iters=normal_tensors(st.iters), fn_evals=normal_tensors(st.fn_evals),
+            stationarity=normal_tensors(st.stat), mu=normal_tensors(st.mu), violation=final_it.violation,
+            mu_lowest=normal_tensors(st.mu_lowest), bfgs={nm: st.counters[:, j].clone() for j, nm in enumerate(names)},
+            H_final=normal_tensors(st.H), elapsed=time.monotonic() - self.t_start, options=self.o,
+            memory_plan=self.plan,
         )
         if self.printer is not None:
             self.printer.footer(res)

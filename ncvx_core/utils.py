@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["tree_map", "tree_rows", "tree_put", "tree_where", "tree_scatter", "bmask", "bmm", "bmv",
-           "device_constant", "sync_free_on"]
+           "device_constant", "sync_free_on", "normal_tensors"]
 
 
 def _is_namedtuple(obj: Any) -> bool:
@@ -97,8 +97,25 @@ def device_constant(key: Any, device: torch.device | str, build: Callable[[torch
     k = (key, str(dev))
     t = _CONSTANTS.get(k)
     if t is None:
-        t = _CONSTANTS[k] = build(dev)
+        with torch.inference_mode(False):  # a normal tensor, usable in and outside inference mode
+            t = _CONSTANTS[k] = build(dev)
     return t
+
+
+def normal_tensors(tree: Any) -> Any:
+    """``tree`` (a tensor, NamedTuple, tuple, list or dict of them) with every tensor made in
+    inference mode replaced by a normal copy, for code outside inference mode (the solver computes
+    in it; user code may write to or differentiate through what it receives). Other leaves and
+    normal tensors pass through uncopied. Call it outside inference mode."""
+    if isinstance(tree, Tensor):
+        return tree.clone() if tree.is_inference() else tree
+    if _is_namedtuple(tree):
+        return type(tree)(*(normal_tensors(t) for t in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(normal_tensors(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: normal_tensors(v) for k, v in tree.items()}
+    return tree
 
 
 def sync_free_on(flag: bool | None, device: torch.device) -> bool:

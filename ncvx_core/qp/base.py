@@ -567,6 +567,15 @@ def trivial_result(qp: BoxQP) -> QPResult:
     )
 
 
+def for_caller(res: QPResult) -> QPResult:
+    """``res`` as the caller may use it: the native solvers compute in inference mode (no autograd
+    bookkeeping on their operations), so outside inference mode the result is copied into normal
+    tensors (which the caller may write to); inside it (the BFGS-SQP solver) it is returned as is."""
+    if torch.is_inference_mode_enabled():
+        return res
+    return QPResult(*(t.clone() if t.is_inference() else t for t in (res.w, res.status, res.iters)))
+
+
 def finalize(
     qp: BoxQP,
     w: Tensor,

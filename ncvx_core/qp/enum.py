@@ -31,6 +31,7 @@ from .base import (
     active_mask,
     canonicalize,
     finalize,
+    for_caller,
     trivial_result,
     validate_qp,
 )
@@ -79,20 +80,22 @@ class EnumQPSolver:
         act = active_mask(qp, active)
         if qp.m == 0:
             return trivial_result(qp)
-        with torch.no_grad():
+        with torch.inference_mode():
             can = canonicalize(qp)
             try:
                 u, consistent = _enum_solve(can)
             except RuntimeError as exc:  # eigh failure on pathological data
                 logger.warning("enum: linear algebra failed (%s); falling back to the IPM", exc)
-                from .ipm import IPMQPSolver
+                u = None
+            if u is not None:
+                w = can.to_w(u)
+                iters = torch.ones(qp.B, dtype=torch.int32, device=qp.device)
+                res = finalize(qp, w, consistent, iters, can.bad, act, solved_kkt=INACCURATE_KKT, can=can)
+        if u is None:
+            from .ipm import IPMQPSolver
 
-                return IPMQPSolver().solve(qp, tol=tol, active=active)
-            w = can.to_w(u)
-            iters = torch.ones(qp.B, dtype=torch.int32, device=qp.device)
-            return finalize(
-                qp, w, consistent, iters, can.bad, act, solved_kkt=INACCURATE_KKT, can=can
-            )
+            return IPMQPSolver().solve(qp, tol=tol, active=active)
+        return for_caller(res)
 
 
 def _small_solve(A: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

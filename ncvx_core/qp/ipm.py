@@ -50,6 +50,7 @@ from .base import (
     active_mask,
     canonicalize,
     finalize,
+    for_caller,
     trivial_result,
     validate_qp,
 )
@@ -173,14 +174,15 @@ class IPMQPSolver:
         act = active_mask(qp, active)
         if qp.m == 0:
             return trivial_result(qp)
-        with torch.no_grad():
+        with torch.inference_mode():
             can = canonicalize(qp)
             run0 = act & ~can.bad
             u, z, y, nu, conv, iters = self._iterate(can, run0, float(tol))
             if self.polish:
                 u = self._polish(can, u, z, y, nu)
             w = can.to_w(u)
-            return finalize(qp, w, conv, iters, can.bad, act, can=can)
+            res = finalize(qp, w, conv, iters, can.bad, act, can=can)
+        return for_caller(res)
 
     # ------------------------------------------------------------------------------------
     def _start(self, can: Canonical) -> tuple[Tensor, Tensor, Tensor]:
