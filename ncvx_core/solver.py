@@ -41,7 +41,16 @@ from .result import Iterate, SolveResult
 from .stationarity import cache_insert, init_cache, stationarity_qp
 from .status import Status
 from .steering import steer
-from .utils import bmask, bmm, normal_tensors, sync_free_on, tree_put, tree_rows, tree_where
+from .utils import (
+    bmask,
+    bmm,
+    compute_mode,
+    normal_tensors,
+    sync_free_on,
+    tree_put,
+    tree_rows,
+    tree_where,
+)
 
 __all__ = ["solve", "HaltInfo", "LINE_SEARCHES", "HESSIANS"]
 
@@ -377,7 +386,7 @@ class _Solver:
         # the solver's own arithmetic runs in inference mode (no autograd bookkeeping on any of its
         # operations); the user's code (the problem function, halt_log_fn) runs outside it and gets
         # normal tensors, and so does the result
-        with torch.inference_mode():
+        with compute_mode():
             st = self._run()
         return self._result(st)
 

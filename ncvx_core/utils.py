@@ -12,7 +12,11 @@ import torch
 from torch import Tensor
 
 __all__ = ["tree_map", "tree_rows", "tree_put", "tree_where", "tree_scatter", "bmask", "bmm", "bmv",
-           "device_constant", "sync_free_on", "normal_tensors"]
+           "device_constant", "sync_free_on", "normal_tensors", "compute_mode"]
+
+#: whether the solver and the native QP solvers compute in ``torch.inference_mode`` (True) or only
+#: under ``torch.no_grad`` (False: for side-by-side timing, ``benchmarks/bench_inference_mode.py``)
+INFERENCE_MODE = True
 
 
 def _is_namedtuple(obj: Any) -> bool:
@@ -44,7 +48,7 @@ def tree_put(base: Any, idx: Tensor, rows: Any) -> Any:
     if _is_namedtuple(base):
         return type(base)(*(tree_put(b, idx, r) for b, r in zip(base, rows)))
     if isinstance(base, Tensor):
-        base[idx] = rows.to(base.dtype)
+        base[idx] = rows if rows.dtype == base.dtype else rows.to(base.dtype)
     return base
 
 
@@ -100,6 +104,12 @@ def device_constant(key: Any, device: torch.device | str, build: Callable[[torch
         with torch.inference_mode(False):  # a normal tensor, usable in and outside inference mode
             t = _CONSTANTS[k] = build(dev)
     return t
+
+
+def compute_mode() -> Any:
+    """The context the solver's own arithmetic runs in: ``torch.inference_mode()`` (no autograd
+    bookkeeping on any operation), or ``torch.no_grad()`` when :data:`INFERENCE_MODE` is off."""
+    return torch.inference_mode() if INFERENCE_MODE else torch.no_grad()
 
 
 def normal_tensors(tree: Any) -> Any:

@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import Tensor
 
-from ..utils import bmv, device_constant
+from ..utils import bmv, compute_mode, device_constant
 from .base import (
     INACCURATE_KKT,
     BoxQP,
@@ -80,7 +80,7 @@ class EnumQPSolver:
         act = active_mask(qp, active)
         if qp.m == 0:
             return trivial_result(qp)
-        with torch.inference_mode():
+        with compute_mode():
             can = canonicalize(qp)
             try:
                 u, consistent = _enum_solve(can)

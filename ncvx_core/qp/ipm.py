@@ -41,7 +41,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..utils import bmv, device_constant
+from ..utils import bmv, compute_mode, device_constant
 from .base import (
     BoxQP,
     Canonical,
@@ -174,7 +174,7 @@ class IPMQPSolver:
         act = active_mask(qp, active)
         if qp.m == 0:
             return trivial_result(qp)
-        with torch.inference_mode():
+        with compute_mode():
             can = canonicalize(qp)
             run0 = act & ~can.bad
             u, z, y, nu, conv, iters = self._iterate(can, run0, float(tol))
