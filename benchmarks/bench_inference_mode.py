@@ -24,10 +24,9 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from common import (  # noqa: E402
     md_table,
     out_path,
     setup,
+    side_by_side,
     status_counts,
     train_digits_mlp,
     write_results,
@@ -68,19 +68,6 @@ def same_solve(a: SolveResult, b: SolveResult) -> bool:
     """Bit-for-bit agreement of iterations, status, best objective and stationarity."""
     return all(torch.equal(x, y) for x, y in ((a.iters, b.iters), (a.status, b.status), (a.best.f, b.best.f),
                                               (a.stationarity, b.stationarity)))
-
-
-def side_by_side(run: Callable[[bool], SolveResult], repeats: int) -> tuple[float, float, SolveResult, SolveResult]:
-    """Median seconds with inference mode off / on, alternating after one warm-up each; and the
-    last result of each."""
-    res = {False: run(False), True: run(True)}
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
-        for mode in (False, True):
-            t = time.perf_counter()
-            res[mode] = run(mode)
-            times[mode].append(time.perf_counter() - t)
-    return statistics.median(times[False]), statistics.median(times[True]), res[False], res[True]
 
 
 def main() -> int:
@@ -115,7 +102,14 @@ def main() -> int:
     rows = []
     for name, B, P, x0, opts in work:
         log(f"{name}, B = {B}")
-        off, on, r_off, r_on = side_by_side(lambda mode: solve_in(mode, P, x0, opts), args.repeats)  # noqa: B023
+        res: dict[bool, SolveResult] = {}
+
+        def run(mode: bool, P: Any = P, x0: torch.Tensor = x0, opts: SolverOptions = opts,
+                res: dict[bool, SolveResult] = res) -> None:
+            res[mode] = solve_in(mode, P, x0, opts)
+
+        off_ms, on_ms = side_by_side(partial(run, False), partial(run, True), args.repeats)
+        off, on, r_off, r_on = off_ms / 1e3, on_ms / 1e3, res[False], res[True]
         rows.append([name, B, f"{off:.3f}", f"{on:.3f}", f"{off / on:.3f}", f"{100 * (1 - on / off):.1f} %",
                      "yes" if same_solve(r_off, r_on) else "NO",
                      f"{status_counts(r_on.status)}; iters {float(r_on.iters.double().mean()):.1f}"])

@@ -20,18 +20,14 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import add_common_args, log, md_table, out_path, setup, write_results  # noqa: E402
+from common import add_common_args, log, md_table, out_path, setup, side_by_side, write_results  # noqa: E402
 
 from ncvx_core.hessian import LBFGS, LBFGSState  # noqa: E402
 from ncvx_core.utils import bmm  # noqa: E402
@@ -67,18 +63,6 @@ def filled_state(k: int, m: int, n: int, dtype: torch.dtype, seed: int) -> tuple
         y = s + 0.1 * torch.randn(k, n, generator=g, dtype=torch.float64).to(dtype)
         st, _ = lb.update(st, s, y, torch.ones(k, dtype=torch.bool))
     return lb, st
-
-
-def side_by_side(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """Median milliseconds of ``a`` and ``b``, timed in alternating order after one warm-up each."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for f, acc in ((a, ta), (b, tb)):
-            t = time.perf_counter()
-            f()
-            acc.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> int:

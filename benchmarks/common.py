@@ -23,6 +23,7 @@ import datetime as _dt
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -545,3 +546,15 @@ def status_counts(status: Sequence[int] | Tensor) -> str:
     vals = status.tolist() if isinstance(status, Tensor) else list(status)
     c = Counter(int(v) for v in vals)
     return " ".join(f"{k}:{c[k]}" for k in sorted(c))
+
+
+def side_by_side(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``a`` and ``b``, timed in alternating order after one warm-up each."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        for f, acc in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            f()
+            acc.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ta), statistics.median(tb)

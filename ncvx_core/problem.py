@@ -234,17 +234,18 @@ class Evaluator:
                 raise RuntimeError("internal: x_full is needed to evaluate a subset")
             full = x_full.detach().clone()
             full[idx] = x
-            ev = self._evaluate_rows(full, None, grad)
+            ev = self._evaluate_rows(full, None, grad, copy=False)
             return self._scale(ev.rows(idx), idx)
         if idx is None and self.accepts_idx:
             idx = torch.arange(k, device=self.device)
         return self._scale(self._evaluate_rows(x, idx, grad), idx)
 
-    def _evaluate_rows(self, x: Tensor, idx: Tensor | None, grad: bool) -> Evaluation:
+    def _evaluate_rows(self, x: Tensor, idx: Tensor | None, grad: bool, copy: bool = True) -> Evaluation:
         k = x.shape[0]
         # the user gets a normal tensor of its own: the solver's points are inference tensors, and
-        # a write to it must not reach them
-        x = x.detach().clone()
+        # a write to it must not reach them (copy=False: x is such a copy already)
+        if copy:
+            x = x.detach().clone()
         if self.user_gradients:
             with torch.no_grad():
                 f, ci, ce, gf, gci, gce = self._unpack(self._call(x, idx), k)

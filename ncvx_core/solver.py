@@ -47,6 +47,7 @@ from .utils import (
     compute_mode,
     normal_tensors,
     sync_free_on,
+    tree_map,
     tree_put,
     tree_rows,
     tree_where,
@@ -560,12 +561,11 @@ class _Solver:
         if fn is None or not bool(updated.any()):
             return st
         phi = _phi(st.ev, st.viol, st.mu)
-        info = HaltInfo(st.iters.clone(), st.x.reshape(self.B, *self.shape).clone(), st.ev.f, st.ev.ci, st.ev.ce,
+        info = HaltInfo(st.iters, st.x.reshape(self.B, *self.shape), st.ev.f, st.ev.ci, st.ev.ce,
                         st.viol.tvi, st.viol.tve, st.viol.tv, st.viol.feasible, st.mu, phi, st.stat, st.n_grads,
-                        st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), st.H, updated.clone(),
-                        st.status.long())
-        with torch.inference_mode(False):  # the callback gets normal tensors (H: the solver's own state, as is)
-            out = fn(normal_tensors(info._replace(H=None))._replace(H=st.H))
+                        st.alpha, st.last_ls_evals, st.sd_level.clamp(min=0), None, updated, st.status.long())
+        with torch.inference_mode(False):  # one normal copy of each field (H: the solver's own state, as is)
+            out = fn(tree_map(torch.clone, info)._replace(H=st.H))
         if out is None:
             return st
         if not isinstance(out, Tensor) or out.shape != (self.B,):
