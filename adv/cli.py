@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from adv import records as rec_io
 from adv import shard
 from adv.api import default_restarts
+from adv.runner import CLASS_ORDERS
 
 __all__ = ["main", "build_parser", "CliError", "evaluate_batch", "THREATS"]
 
@@ -228,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of these, the last C maximise the cross-entropy instead of the margin (pwcf-margin; "
                         "never restart 0; default: %(default)s); e.g. --ce-restarts 0")
     g.add_argument("--class-restarts", type=_nonneg_int, default=2, metavar="C",
-                   help="of these, restarts 1..C aim at the runner-up classes of rank 1..C at the clean input "
+                   help="of these, restarts 1..C aim at the first C rival classes of --class-order "
                         "(pwcf-margin; default: %(default)s); e.g. --class-restarts 0")
+    g.add_argument("--class-order", choices=CLASS_ORDERS, default="mixed",
+                   help="the order of the rival classes the class restarts aim at, attacks and minimal distortion "
+                        "(see adv.attack; default: %(default)s); e.g. --class-order logit")
     g.add_argument("--maxit", type=_positive_int, default=400, metavar="K",
                    help="PWCF attack iteration cap per sample, continuation included (default: %(default)s); "
                         "e.g. --maxit 100")
@@ -833,7 +837,8 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "threat": threat, "distance": getattr(distance, "name", threat), "eps": eps, "attacks": attacks,
         "min_distortion": bool(args.min_distortion), "n": n, "batch_size": args.batch_size, "seed": args.seed,
         "restarts": args.restarts if args.restarts is not None else default_restarts(distance),
-        "ce_restarts": args.ce_restarts, "class_restarts": args.class_restarts, "maxit": args.maxit,
+        "ce_restarts": args.ce_restarts, "class_restarts": args.class_restarts,
+        "class_order": args.class_order, "maxit": args.maxit,
         "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
         "apgd_iter": args.apgd_iter,
@@ -951,7 +956,7 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
         eps=ctx["eps"], attacks=ctx["attacks"], min_distortion=settings["min_distortion"],
         apgd_iter=settings["apgd_iter"], apgd_restarts=settings["apgd_restarts"], examples=settings["examples"],
         pwcf=dict(restarts=settings["restarts"], ce_restarts=settings.get("ce_restarts", 0),
-                  class_restarts=settings.get("class_restarts", 0),
+                  class_restarts=settings.get("class_restarts", 0), class_order=settings.get("class_order", "logit"),
                   maxit=settings["maxit"], restart_maxit=settings["restart_maxit"],
                   box=settings["box"], dtype=_dtype_setting(settings, None),
                   parallel_restarts=settings["parallel_restarts"]),
@@ -959,7 +964,7 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
                  restart_maxit=settings["restart_maxit"], box=settings["box"],
                  dtype=_dtype_setting(settings, torch.float64),
                  parallel_restarts=settings["parallel_restarts"], apgd_steps=settings["min_apgd_steps"],
-                 apgd_iter=settings["apgd_iter"]),
+                 apgd_iter=settings["apgd_iter"], class_order=settings.get("class_order", "logit")),
     )
     m64 = model_as(model, torch.float64)
     progress = _Progress(ctx["eps"], settings["min_distortion"])

@@ -54,11 +54,11 @@ RESULT_KEYS = (
     "model_fingerprint", "data_fingerprint", "num_samples", "input_shape",
     "num_classes", "threat", "eps", "attacks", "min_distortion", "n", "batch_size", "seed", "restarts",
     "maxit", "restart_maxit", "min_restarts", "min_maxit", "apgd_iter", "apgd_restarts", "box",
-    "examples", "dtype", "parallel_restarts", "min_apgd_steps", "ce_restarts", "class_restarts",
+    "examples", "dtype", "parallel_restarts", "min_apgd_steps", "ce_restarts", "class_restarts", "class_order",
 )
 #: values of result keys added after a run format was first written (what older runs used)
 _LEGACY_DEFAULTS: dict[str, Any] = {"parallel_restarts": 1, "min_apgd_steps": 0, "ce_restarts": 0,
-                                     "class_restarts": 0}
+                                     "class_restarts": 0, "class_order": "logit"}
 
 
 def rank_file(out_dir: str | os.PathLike[str], rank: int) -> Path:

@@ -313,6 +313,40 @@ def test_existing_run_needs_resume_or_overwrite_and_matching_settings(tmp_path, 
     assert json.loads((out / "settings.json").read_text())["eps"] == [0.07]
 
 
+def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
+    """--class-order goes to adv.attack and adv.min_distortion and into settings.json (default
+    mixed); a resume with another value is refused, and settings written before the flag existed
+    count as logit (the order those runs used)."""
+    import adv
+    import adv.api
+
+    seen: dict[str, list] = {"attack": [], "min_distortion": []}
+    for mod, name in ((adv.api, "attack"), (adv, "min_distortion")):
+        real = getattr(mod, name)
+
+        def spy(*a, _real=real, _name=name, **k):  # type: ignore[no-untyped-def]
+            seen[_name].append(k.get("class_order"))
+            return _real(*a, **k)
+
+        monkeypatch.setattr(mod, name, spy)
+    out = tmp_path / "rep"
+    base = ["evaluate", "--model", MODEL, "--data", str(data_npz), "--threat", "l2", "--n", "3", "--eps", "0.5",
+            "--attacks", "pwcf-margin", "--min-distortion", "--batch-size", "3", "--examples", "0",
+            "--out", str(out), *FAST]
+    assert cli.main(base) == 0
+    assert set(seen["attack"]) == {"mixed"} and set(seen["min_distortion"]) == {"mixed"}
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["class_order"] == "mixed"
+    capsys.readouterr()
+    assert cli.main([*base, "--class-order", "logit", "--resume"]) == 2
+    assert "class_order" in capsys.readouterr().err
+    del settings["class_order"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert cli.main([*base, "--resume"]) == 2
+    assert cli.main([*base, "--class-order", "logit", "--overwrite"]) == 0
+    assert seen["attack"][-1] == "logit" and seen["min_distortion"][-1] == "logit"
+
+
 def test_class_restarts_flag_reaches_the_attack_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
     """--class-restarts goes to adv.attack and into settings.json; a resume with another value is
     refused, and a settings file written before the flag existed counts as 0 (what those runs used)."""

@@ -105,7 +105,7 @@ def test_class_restarts_in_max_loss_and_logging(caplog):
         res = adv.attack(model, x, y, "l2", 0.15, restarts=2, class_restarts=1, maxit=60, restart_maxit=60)
     assert res.success.all(), res.verdict.reason
     assert (res.distance <= 0.15 * (1 + 1e-6)).all()
-    assert any("runner-up class of rank 1" in r.message for r in caplog.records)
+    assert any("rival class 1 of the mixed order" in r.message for r in caplog.records)
     # without the class restart the runner-up class 1 (radius 0.3) is out of reach at 0.15
     plain = adv.attack(model, x, y, "l2", 0.15, restarts=1, maxit=60, restart_maxit=60)
     assert not plain.success.any()
@@ -286,7 +286,7 @@ def test_parallel_restarts_groups_and_sibling_stop(caplog):
     assert (res.distance <= 0.15 * (1 + 1e-6)).all()
     assert torch.equal(model(res.x_adv).argmax(1), torch.full((2,), 2))
     assert torch.equal(res.restarts_used, torch.full((2,), 3))
-    assert any("restarts 1 (runner-up class of rank 1), 2" in r.message for r in caplog.records)
+    assert any("restarts 1 (rival class 1 of the mixed order), 2" in r.message for r in caplog.records)
     # the same answer one restart after the other
     seq = adv.attack(model, x, y, "l2", 0.15, restarts=3, class_restarts=1, parallel_restarts=1, maxit=60,
                      restart_maxit=60)
@@ -583,3 +583,115 @@ def test_default_restarts_are_13_for_l1_and_7_otherwise(monkeypatch):
         assert seen[-1] == want
     adv.attack(model, x, y, "l1", 1e-3, restarts=2, maxit=2, restart_maxit=1)
     assert seen[-1] == 2
+
+
+# -- the order of the rival classes -------------------------------------------------------------
+def _linear_k(K=6, n=8, B=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(K, n, generator=g, dtype=D)
+    b = torch.randn(K, generator=g, dtype=D)
+    x = torch.rand(B, n, generator=g, dtype=D)
+    model = Affine(W, b).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    y = model(x).argmax(1)
+    return model, x, y, W, b
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf, 1.5, 0.5])
+def test_linearised_order_is_the_exact_boundary_distance_of_a_linear_model(p):
+    """For a linear classifier the first-order estimate is exact: the lp distance from x to the
+    hyperplane z_c = z_y is (z_y - z_c) / ||w_c - w_y||_q (q the dual exponent; q = inf for p <= 1)."""
+    from adv.distances import Lp
+    from adv.runner import rival_order
+
+    model, x, y, W, b = _linear_k()
+    z = model(x)
+    q = math.inf if p <= 1 else (1.0 if math.isinf(p) else p / (p - 1))
+    d = torch.empty_like(z)
+    for c in range(z.shape[1]):
+        d[:, c] = (z[torch.arange(5), y] - z[:, c]) / torch.linalg.vector_norm(W[c] - W[y], ord=q, dim=1)
+    d[torch.arange(5), y] = math.inf
+    want = d.argsort(1)[:, :-1]
+    got = rival_order(model, x, y, Lp(p), how="linearised")
+    assert torch.equal(got, want)
+    logit = rival_order(model, x, y, Lp(p), how="logit")
+    assert torch.equal(logit, z.scatter(1, y[:, None], -math.inf).argsort(1, descending=True)[:, :-1])
+    # only the `candidates` classes of largest logit are reordered; the rest keep the logit order
+    two = rival_order(model, x, y, Lp(p), how="linearised", candidates=2)
+    assert torch.equal(two[:, 2:], logit[:, 2:])
+    assert torch.equal(two[:, :2].sort(1).values, logit[:, :2].sort(1).values)
+    assert (d.gather(1, two[:, :1]) <= d.gather(1, two[:, 1:2])).all()
+
+
+def test_mixed_order_interleaves_without_repeats_and_other_distances_use_logits():
+    from adv.distances import Lp
+    from adv.runner import rival_order
+
+    model, x, y, _, _ = _linear_k(K=7, B=12, seed=3)
+    lin = rival_order(model, x, y, Lp(2.0), how="linearised")
+    logit = rival_order(model, x, y, Lp(2.0), how="logit")
+    mixed = rival_order(model, x, y, Lp(2.0), how="mixed")
+    assert mixed.shape == (12, 6)
+    for i in range(12):
+        assert sorted(mixed[i].tolist()) == sorted(c for c in range(7) if c != y[i])
+        want: list[int] = []
+        for a, b in zip(lin[i, :5].tolist(), logit[i, 1:].tolist()):
+            for c in (a, b):
+                if c not in want:
+                    want.append(c)
+        want += [c for c in lin[i].tolist() if c not in want]
+        assert mixed[i].tolist() == want
+    # a perceptual distance has no dual norm here: the logit order
+    per = adv.Perceptual(lambda t: [t.reshape(t.shape[0], 1, 2, 4)])
+    assert torch.equal(rival_order(model, x, y, per, how="mixed"), logit)
+    with pytest.raises(ValueError, match="class_order"):
+        rival_order(model, x, y, Lp(2.0), how="nearest")
+    m3, x3, y3 = _three_class()
+    with pytest.raises(ValueError, match="class_order"):
+        adv.attack(m3, x3, y3, "l2", 0.15, class_order="nearest")
+    with pytest.raises(ValueError, match="class_order"):
+        adv.min_distortion(m3, x3, y3, "l2", class_order=None)
+
+
+def test_linearised_class_restart_reaches_a_boundary_the_logit_order_misses():
+    """Four classes at x = 0.5 (class 0): runner-ups by logit gap 1 (gap 0.3, l2 radius 0.3),
+    2 (gap 0.6, radius 0.4), 3 (gap 1.0, radius 0.1). One class restart with the logit order aims at
+    rank 1 (class 2); with the linearised or mixed order it aims at the nearest boundary, class 3,
+    and reaches 0.1 on every sample."""
+    from adv.distances import Lp
+    from adv.runner import rival_order
+
+    n = 8
+    W = torch.zeros(4, n, dtype=D)
+    W[1, 0], W[2, 1], W[3, 2] = 1.0, 1.5, 10.0
+    b = torch.tensor([0.0, -0.3 - 0.5, -0.6 - 0.75, -1.0 - 5.0], dtype=D)
+    model = Affine(W, b).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    x = torch.full((2, n), 0.5, dtype=D)
+    y = torch.zeros(2, dtype=torch.long)
+    assert rival_order(model, x, y, Lp(2.0), how="logit")[0].tolist() == [1, 2, 3]
+    assert rival_order(model, x, y, Lp(2.0), how="linearised")[0].tolist() == [3, 1, 2]
+    kw = dict(restarts=2, class_restarts=1, maxit=100, restart_maxit=100, apgd_steps=0)
+    res = {o: adv.min_distortion(model, x, y, "l2", class_order=o, **kw) for o in ("logit", "linearised", "mixed")}
+    for o in ("linearised", "mixed"):
+        torch.testing.assert_close(res[o].radius, torch.full((2,), 0.1, dtype=D), rtol=1e-2, atol=0)
+        assert torch.equal(model(res[o].x_adv).argmax(1), torch.full((2,), 3))
+    # the logit order's restart 1 aims at class 2; its points end wherever the local solves lead
+    # (class 1 at 0.3, or class 3 from some starts), never below the nearest boundary
+    assert (res["logit"].radius >= 0.1 * (1 - 1e-2)).all(), res["logit"].radius
+
+
+def test_perceptual_class_restarts_keep_the_logit_ranks(caplog):
+    """Distances without a dual norm use the logit order, and restart r aims at logit rank r (not
+    r - 1, the shift of the orders that start with the nearest class); lp distances name the order."""
+    model, x, y = _three_class()
+    per = adv.Perceptual(lambda t: [t.reshape(t.shape[0], 2, 2, 2)])
+    with caplog.at_level(logging.INFO, logger="adv"):
+        adv.attack(model, x, y, per, 1e-3, restarts=2, class_restarts=1, maxit=5, restart_maxit=5)
+    assert any("runner-up class of rank 1" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="adv"):
+        adv.attack(model, x, y, "l2", 0.05, restarts=2, class_restarts=1, maxit=5, restart_maxit=5)
+    assert any("rival class 1 of the mixed order" in r.message for r in caplog.records)
