@@ -10,6 +10,10 @@ shrunk further by bisection:
 * each step attacks at the midpoint with APGD, one loss after the other (cross-entropy, margin,
   then DLR where the class count allows it), each later loss only on the samples the earlier ones
   did not break;
+* then, on the samples still not broken, targeted APGD (margin loss) towards each of the given
+  rival classes (``rivals``, e.g. the first classes of :func:`adv.runner.rival_order`): an
+  untargeted attack follows the class nearest at its start, which is not always the class with the
+  nearest boundary;
 * a verified success (the :func:`adv.judge.judge` verdict inside :func:`adv.apgd.apgd`) moves the
   upper end to the distance of the point found, which is kept; a failure moves the lower end up.
 
@@ -69,7 +73,7 @@ class BisectionOutcome:
 def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tensor, radius: Tensor, *,
                    target: Tensor | None = None, steps: int = 8, span: float = 0.25, n_iter: int = 100,
                    seed: int = 0, num_classes: int | None = None,
-                   deadline: float | None = None) -> BisectionOutcome:
+                   deadline: float | None = None, rivals: Tensor | None = None) -> BisectionOutcome:
     """Shrink verified radii by bisection with APGD (module docstring).
 
     Args:
@@ -86,6 +90,10 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
             None: read from one model call.
         deadline: a :func:`time.monotonic` value; no new bisection step starts after it (the
             points found so far are kept).
+        rivals: ``(B, T)`` long classes (or None): after the untargeted losses, each step attacks
+            the samples still not broken with targeted APGD (margin loss) towards ``rivals[:, t]``,
+            ``t = 0 .. T - 1``, one after the other; entries equal to the label, negative or out
+            of range are skipped. Untargeted problems only (``target`` None).
     """
     if not supports_apgd_bisection(dist):
         raise ValueError(f"dist: expected the l1, l2 or l-infinity Lp distance, received {dist!r}")
@@ -99,6 +107,12 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
     if not isinstance(radius, Tensor) or radius.shape != (B,) or not radius.is_floating_point():
         raise ValueError(f"radius: expected a floating tensor of shape ({B},), received "
                          f"{(radius.dtype, tuple(radius.shape)) if isinstance(radius, Tensor) else type(radius).__name__}")
+    if rivals is not None:
+        if target is not None:
+            raise ValueError("rivals: only for untargeted problems (target is given)")
+        if not isinstance(rivals, Tensor) or rivals.dim() != 2 or rivals.shape[0] != B or rivals.dtype != torch.long:
+            raise ValueError(f"rivals: expected an int64 tensor of shape ({B}, T), received "
+                             f"{(rivals.dtype, tuple(rivals.shape)) if isinstance(rivals, Tensor) else type(rivals).__name__}")
     radius = radius.to(torch.float64).clone()
     out_x = x_adv.clone()
     improved = torch.zeros(B, dtype=torch.bool, device=x.device)
@@ -113,6 +127,10 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
         losses.append("dlr")
     xr, yr = x[rows], y[rows]
     tr = target[rows] if target is not None else None
+    rv = None
+    if rivals is not None and rivals.shape[1]:
+        rv = rivals.to(y.device)[rows]
+        rv = torch.where((rv >= 0) & (rv < num_classes) & (rv != yr.unsqueeze(1)), rv, -1)
     hi = radius[rows].clone()
     lo = (1.0 - span) * hi
     best_x = out_x[rows].clone()
@@ -132,6 +150,19 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
                        target=tr[todo] if tr is not None else None, seed=seed + k, verify=True)
             calls += 1
             succ = res.success
+            closer = succ & (res.distance < best_d[todo])
+            sel = todo[closer]
+            best_x[sel] = res.x_adv[closer].to(best_x.dtype)
+            best_d[sel] = res.distance[closer].to(torch.float64)
+            ok[todo[succ]] = True
+        for t in range(0 if rv is None else rv.shape[1]):
+            todo = torch.nonzero(~ok & (rv[:, t] >= 0)).flatten()
+            if todo.numel() == 0:
+                continue
+            res = apgd(model, xr[todo], yr[todo], dist, eps=mid[todo], loss="margin", n_iter=n_iter,
+                       target=rv[todo, t], seed=seed + k, verify=True)
+            calls += 1
+            succ = res.success  # the rival is the top class: misclassified
             closer = succ & (res.distance < best_d[todo])
             sel = todo[closer]
             best_x[sel] = res.x_adv[closer].to(best_x.dtype)

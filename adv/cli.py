@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-apgd-steps", type=_nonneg_int, default=8, metavar="K",
                    help="minimal distortion, l1 / l2 / linf: APGD bisection steps below the PWCF radius (default: "
                         "%(default)s; 0 reports PWCF alone); e.g. --min-apgd-steps 0")
+    g.add_argument("--min-apgd-targets", type=_nonneg_int, default=2, metavar="T",
+                   help="minimal distortion: each bisection step also runs targeted APGD towards the first T "
+                        "classes of --class-order on the samples the untargeted losses left (default: "
+                        "%(default)s); e.g. --min-apgd-targets 0")
     g.add_argument("--parallel-restarts", type=_positive_int, default=6, metavar="P",
                    help="PWCF restarts solved side by side in one batched solve, attacks (after restart 0) and "
                         "minimal distortion (default: %(default)s; 1 runs them one after the other, the least "
@@ -841,6 +845,7 @@ def _prepare(args: argparse.Namespace, d: shard.Dist) -> dict[str, Any]:
         "class_order": args.class_order, "maxit": args.maxit,
         "restart_maxit": args.restart_maxit,
         "min_restarts": args.min_restarts, "min_maxit": args.min_maxit, "min_apgd_steps": args.min_apgd_steps,
+        "min_apgd_targets": args.min_apgd_targets,
         "apgd_iter": args.apgd_iter,
         "apgd_restarts": args.apgd_restarts, "box": args.box, "examples": args.examples, "dtype": args.dtype,
         "parallel_restarts": args.parallel_restarts, "device": str(device), "world_size": d.world, "threads": args.threads,
@@ -964,6 +969,7 @@ def _evaluate_in_group(args: argparse.Namespace, d: shard.Dist) -> int:
                  restart_maxit=settings["restart_maxit"], box=settings["box"],
                  dtype=_dtype_setting(settings, torch.float64),
                  parallel_restarts=settings["parallel_restarts"], apgd_steps=settings["min_apgd_steps"],
+                 apgd_targets=settings.get("min_apgd_targets", 0),
                  apgd_iter=settings["apgd_iter"], class_order=settings.get("class_order", "logit")),
     )
     m64 = model_as(model, torch.float64)

@@ -55,10 +55,12 @@ RESULT_KEYS = (
     "num_classes", "threat", "eps", "attacks", "min_distortion", "n", "batch_size", "seed", "restarts",
     "maxit", "restart_maxit", "min_restarts", "min_maxit", "apgd_iter", "apgd_restarts", "box",
     "examples", "dtype", "parallel_restarts", "min_apgd_steps", "ce_restarts", "class_restarts", "class_order",
+    "min_apgd_targets",
 )
 #: values of result keys added after a run format was first written (what older runs used)
 _LEGACY_DEFAULTS: dict[str, Any] = {"parallel_restarts": 1, "min_apgd_steps": 0, "ce_restarts": 0,
-                                     "class_restarts": 0, "class_order": "logit"}
+                                     "class_restarts": 0, "class_order": "logit",
+                                     "min_apgd_targets": 0}
 
 
 def rank_file(out_dir: str | os.PathLike[str], rank: int) -> Path:
@@ -252,7 +254,7 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     new_j = json.loads(json.dumps(jsonable(new)))  # the form it takes in settings.json
     no_min = not old.get("min_distortion") and not new_j.get("min_distortion")
     for k in RESULT_KEYS:
-        if no_min and k == "min_apgd_steps":
+        if no_min and k in ("min_apgd_steps", "min_apgd_targets"):
             continue  # added later; irrelevant without minimal distortion
         a, b = old.get(k, _LEGACY_DEFAULTS.get(k)), new_j.get(k)
         if a != b:

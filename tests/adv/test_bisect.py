@@ -118,3 +118,46 @@ def test_targeted_bisection_and_deadline():
     # a deadline in the past: no step is taken, nothing changes
     late = apgd_bisection(model, x, y, Lp(2.0), xa, v0.distance, steps=10, deadline=time.monotonic() - 1.0)
     assert late.attacks == 0 and not late.improved.any() and torch.equal(late.x_adv, xa)
+
+
+def _far_logit_near_boundary():
+    """Four classes at x = 0.5 (class 0). Class 1 has the largest runner-up logit (gap 0.3) and an
+    l2 / l1 boundary at 0.3; class 3 a large gap (8) but a steep logit, its boundary at 0.1.
+    Untargeted losses follow class 1 from the start."""
+    from torch import nn
+
+    n = 8
+    W = torch.zeros(4, n, dtype=torch.float64)
+    W[1, 0], W[2, 1], W[3, 2] = 1.0, 1.5, 80.0
+    b = torch.tensor([0.0, -0.8, -1.35, -48.0], dtype=torch.float64)
+    model = nn.Linear(n, 4).double().eval()
+    with torch.no_grad():
+        model.weight.copy_(W)
+        model.bias.copy_(b)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    x = torch.full((2, n), 0.5, dtype=torch.float64)
+    y = torch.zeros(2, dtype=torch.long)
+    return model, x, y
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_targeted_rivals_reach_a_boundary_the_untargeted_losses_miss(p):
+    model, x, y = _far_logit_near_boundary()
+    xa = x.clone()
+    xa[:, 0] += 0.3 + 1e-6  # class 1's boundary point
+    dist = Lp(p)
+    r0 = dist.norm(xa - x)
+    plain = apgd_bisection(model, x, y, dist, xa, r0, steps=8, span=0.9)
+    assert (plain.radius > 0.2).all(), plain.radius  # the untargeted losses stay with class 1
+    # a rival equal to the label (sample 1's first) is skipped; sample 1 then uses class 3
+    out = apgd_bisection(model, x, y, dist, xa, r0, steps=8, span=0.9, rivals=torch.tensor([[3, 1], [0, 3]]))
+    assert out.improved.all()
+    assert ((out.radius >= 0.1 * (1 - 1e-9)) & (out.radius <= 0.1 * 1.02)).all(), out.radius
+    v = adv.judge(model, x, y, out.x_adv, dist, out.radius * (1 + 1e-9))
+    assert v.success.all(), v.reason
+    assert torch.equal(model(out.x_adv).argmax(1), torch.full((2,), 3))
+    with pytest.raises(ValueError, match="rivals"):
+        apgd_bisection(model, x, y, dist, xa, r0, rivals=torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match="rivals"):
+        apgd_bisection(model, x, y, dist, xa, r0, rivals=torch.tensor([[3], [3]]), target=torch.tensor([3, 3]))

@@ -315,17 +315,21 @@ def test_existing_run_needs_resume_or_overwrite_and_matching_settings(tmp_path, 
 
 def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
     """--class-order goes to adv.attack and adv.min_distortion and into settings.json (default
-    mixed); a resume with another value is refused, and settings written before the flag existed
-    count as logit (the order those runs used)."""
+    mixed), --min-apgd-targets to adv.min_distortion (default 2); a resume with another value is
+    refused, and settings written before the flags existed count as logit and 0 (what those runs
+    used)."""
     import adv
     import adv.api
 
     seen: dict[str, list] = {"attack": [], "min_distortion": []}
+    targets: list = []
     for mod, name in ((adv.api, "attack"), (adv, "min_distortion")):
         real = getattr(mod, name)
 
         def spy(*a, _real=real, _name=name, **k):  # type: ignore[no-untyped-def]
             seen[_name].append(k.get("class_order"))
+            if _name == "min_distortion":
+                targets.append(k.get("apgd_targets"))
             return _real(*a, **k)
 
         monkeypatch.setattr(mod, name, spy)
@@ -337,6 +341,11 @@ def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data
     assert set(seen["attack"]) == {"mixed"} and set(seen["min_distortion"]) == {"mixed"}
     settings = json.loads((out / "settings.json").read_text())
     assert settings["class_order"] == "mixed"
+    # --min-apgd-targets (default 2) likewise; settings without it resume as 0
+    assert set(targets) == {2} and settings["min_apgd_targets"] == 2
+    capsys.readouterr()
+    assert cli.main([*base, "--min-apgd-targets", "0", "--resume"]) == 2
+    assert "min_apgd_targets" in capsys.readouterr().err
     capsys.readouterr()
     assert cli.main([*base, "--class-order", "logit", "--resume"]) == 2
     assert "class_order" in capsys.readouterr().err
@@ -345,6 +354,10 @@ def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data
     assert cli.main([*base, "--resume"]) == 2
     assert cli.main([*base, "--class-order", "logit", "--overwrite"]) == 0
     assert seen["attack"][-1] == "logit" and seen["min_distortion"][-1] == "logit"
+    settings = json.loads((out / "settings.json").read_text())
+    del settings["class_order"], settings["min_apgd_targets"]
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert cli.main([*base, "--class-order", "logit", "--min-apgd-targets", "0", "--resume"]) == 0
 
 
 def test_class_restarts_flag_reaches_the_attack_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
