@@ -15,7 +15,11 @@ shrunk further by bisection:
   untargeted attack follows the class nearest at its start, which is not always the class with the
   nearest boundary;
 * a verified success (the :func:`adv.judge.judge` verdict inside :func:`adv.apgd.apgd`) moves the
-  upper end to the distance of the point found, which is kept; a failure moves the lower end up.
+  upper end to the distance of the point found, which is kept; a failure moves the lower end up;
+* until a sample's first failure its lower end is no bound at all, so a success also moves the
+  window down: the lower end becomes ``(1 - span)`` times the new upper end (:data:`DESCEND`;
+  with a fixed window a PWCF radius more than ``1 / (1 - span)`` times the minimum could not come
+  down to it).
 
 The result is never worse than the start: a sample keeps its PWCF point unless APGD returned a
 verified point strictly closer to ``x``.  Samples without a finite radius are left alone.
@@ -37,6 +41,12 @@ from .distances import Lp
 logger = logging.getLogger("adv")
 
 __all__ = ["BisectionOutcome", "apgd_bisection", "check_span", "supports_apgd_bisection"]
+
+#: move the window down with each success until a sample's first failure (module docstring);
+#: False keeps the lower end at ``(1 - span) r`` (the search before this option). On the standard
+#: digits CNN (30 images, l1; mean radius over FAB's, 5 runs of 100 steps; ad hoc) 0.995 against
+#: 1.005; unchanged on the adversarially trained one (50 images, l1 / l2 / l-infinity)
+DESCEND = True
 
 
 def check_span(name: str, span: object) -> float:
@@ -136,6 +146,7 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
     best_x = out_x[rows].clone()
     best_d = hi.clone()
     calls = 0
+    failed = torch.zeros_like(hi, dtype=torch.bool)
     for k in range(steps):
         if deadline is not None and time.monotonic() >= deadline:
             logger.info("APGD bisection: time limit reached after %d of %d steps", k, steps)
@@ -170,8 +181,10 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
             ok[todo[succ]] = True
         hi = torch.where(ok, torch.minimum(mid, best_d), hi)
         lo = torch.where(ok, lo, mid)
-        # APGD may stop well inside the ball: search below the point it found
-        lo = torch.where(lo >= hi, (1.0 - span) * hi, lo)
+        failed = failed | ~ok
+        # APGD may stop well inside the ball: search below the point it found; and until a first
+        # failure the lower end is no bound at all: the window moves down with the upper end
+        lo = torch.where((lo >= hi) | (ok & ~failed & DESCEND), (1.0 - span) * hi, lo)
     before = radius[rows]
     won = best_d < before
     improved[rows] = won

@@ -161,3 +161,27 @@ def test_targeted_rivals_reach_a_boundary_the_untargeted_losses_miss(p):
         apgd_bisection(model, x, y, dist, xa, r0, rivals=torch.tensor([3, 3]))
     with pytest.raises(ValueError, match="rivals"):
         apgd_bisection(model, x, y, dist, xa, r0, rivals=torch.tensor([[3], [3]]), target=torch.tensor([3, 3]))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_bisection_window_moves_down_until_a_first_failure(p, monkeypatch):
+    """Started at 1.6 times the minimal radius with the default span 0.25, the first window
+    [1.2 ref, 1.6 ref] lies above the minimum: until its first failure the search moves the window
+    down with each success, then bisects, and ends within 1 % above the analytic radius. Without
+    the moving window (adv.bisect.DESCEND = False) it cannot go below 0.75 of the start."""
+    import adv.bisect
+
+    model, x, y, w, gval = _linear_setup(B=4)
+    ref = _reference_radius(w, gval, p)
+    xa, r0 = _boundary_point(x, w, gval, p, 1.6)
+    v0 = adv.judge(model, x, y, xa, Lp(p), r0 * (1 + 1e-9))
+    assert v0.success.all()
+    out = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=8, span=0.25)
+    assert (out.radius <= ref * 1.01).all(), out.radius / ref
+    assert (out.radius >= ref * (1 - 1e-9)).all()
+    v = adv.judge(model, x, y, out.x_adv, Lp(p), out.radius)
+    assert v.success.all()
+    monkeypatch.setattr(adv.bisect, "DESCEND", False)
+    fixed = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=8, span=0.25)
+    assert (fixed.radius >= 0.75 * v0.distance * (1 - 1e-9)).all()
+    assert (fixed.radius > ref * 1.1).all()
