@@ -32,14 +32,20 @@ def _boundary_point(x, w, gval, p, factor):
     return x + s * r.unsqueeze(-1) * d.unsqueeze(0), r
 
 
-@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
-def test_bisection_approaches_the_analytic_radius_from_above(p):
+def _affine_start(p, factor):
+    """Four affine problems, their analytic radii and a verified start at ``factor`` times them."""
     model, x, y, w, gval = _linear_setup(B=4)
     ref = _reference_radius(w, gval, p)
-    xa, r0 = _boundary_point(x, w, gval, p, 1.2)
+    xa, r0 = _boundary_point(x, w, gval, p, factor)
     v0 = adv.judge(model, x, y, xa, Lp(p), r0 * (1 + 1e-9))
     assert v0.success.all()
-    out = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=10, span=0.5)
+    return model, x, y, ref, xa, v0.distance
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
+def test_bisection_approaches_the_analytic_radius_from_above(p):
+    model, x, y, ref, xa, d0 = _affine_start(p, 1.2)
+    out = apgd_bisection(model, x, y, Lp(p), xa, d0, steps=10, span=0.5)
     # the interval [0.6 r0, r0] = [0.72 ref, 1.2 ref] halves 10 times: 0.48 ref / 1024 < 5e-4 ref,
     # and APGD finds an adversarial point at any eps above the radius of an affine classifier
     assert out.improved.all()
@@ -171,17 +177,13 @@ def test_bisection_window_moves_down_until_a_first_failure(p, monkeypatch):
     the moving window (adv.bisect.DESCEND = False) it cannot go below 0.75 of the start."""
     import adv.bisect
 
-    model, x, y, w, gval = _linear_setup(B=4)
-    ref = _reference_radius(w, gval, p)
-    xa, r0 = _boundary_point(x, w, gval, p, 1.6)
-    v0 = adv.judge(model, x, y, xa, Lp(p), r0 * (1 + 1e-9))
-    assert v0.success.all()
-    out = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=8, span=0.25)
+    model, x, y, ref, xa, d0 = _affine_start(p, 1.6)
+    out = apgd_bisection(model, x, y, Lp(p), xa, d0, steps=8, span=0.25)
     assert (out.radius <= ref * 1.01).all(), out.radius / ref
     assert (out.radius >= ref * (1 - 1e-9)).all()
     v = adv.judge(model, x, y, out.x_adv, Lp(p), out.radius)
     assert v.success.all()
     monkeypatch.setattr(adv.bisect, "DESCEND", False)
-    fixed = apgd_bisection(model, x, y, Lp(p), xa, v0.distance, steps=8, span=0.25)
-    assert (fixed.radius >= 0.75 * v0.distance * (1 - 1e-9)).all()
+    fixed = apgd_bisection(model, x, y, Lp(p), xa, d0, steps=8, span=0.25)
+    assert (fixed.radius >= 0.75 * d0 * (1 - 1e-9)).all()
     assert (fixed.radius > ref * 1.1).all()

@@ -313,6 +313,13 @@ def test_existing_run_needs_resume_or_overwrite_and_matching_settings(tmp_path, 
     assert json.loads((out / "settings.json").read_text())["eps"] == [0.07]
 
 
+def _refuses_resume(base, extra, key, capsys):
+    """``--resume`` with ``extra`` flags exits with 2 and names the differing setting ``key``."""
+    capsys.readouterr()
+    assert cli.main([*base, *extra, "--resume"]) == 2
+    assert key in capsys.readouterr().err
+
+
 def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data_npz, capsys, monkeypatch):
     """--class-order goes to adv.attack and adv.min_distortion and into settings.json (default
     mixed), --min-apgd-targets to adv.min_distortion (default 2); a resume with another value is
@@ -343,12 +350,8 @@ def test_class_order_flag_reaches_both_problems_and_guards_resume(tmp_path, data
     assert settings["class_order"] == "mixed"
     # --min-apgd-targets (default 2) likewise; settings without it resume as 0
     assert set(targets) == {2} and settings["min_apgd_targets"] == 2
-    capsys.readouterr()
-    assert cli.main([*base, "--min-apgd-targets", "0", "--resume"]) == 2
-    assert "min_apgd_targets" in capsys.readouterr().err
-    capsys.readouterr()
-    assert cli.main([*base, "--class-order", "logit", "--resume"]) == 2
-    assert "class_order" in capsys.readouterr().err
+    _refuses_resume(base, ["--min-apgd-targets", "0"], "min_apgd_targets", capsys)
+    _refuses_resume(base, ["--class-order", "logit"], "class_order", capsys)
     del settings["class_order"]
     (out / "settings.json").write_text(json.dumps(settings))
     assert cli.main([*base, "--resume"]) == 2
@@ -380,9 +383,7 @@ def test_class_restarts_flag_reaches_the_attack_and_guards_resume(tmp_path, data
     assert seen and set(seen) == {1}
     settings = json.loads((out / "settings.json").read_text())
     assert settings["class_restarts"] == 1
-    capsys.readouterr()
-    assert cli.main([*base, "--class-restarts", "2", "--resume"]) == 2
-    assert "class_restarts" in capsys.readouterr().err
+    _refuses_resume(base, ["--class-restarts", "2"], "class_restarts", capsys)
     # an older run's settings (no class_restarts key) resume only with --class-restarts 0
     del settings["class_restarts"]
     (out / "settings.json").write_text(json.dumps(settings))
