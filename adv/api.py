@@ -181,11 +181,11 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
             ends). ``"linearised"``: at the ``r``-th nearest class by the first-order distance to
             its decision boundary in the attack's lp norm (one backward pass per class, at most
             9, at the clean input). ``"mixed"``: the two interleaved (nearest class, logit
-            rank 1, second nearest, logit rank 2, ...). Ad hoc runs of the default protocol
-            (300 images, seed 0) broke, logit against mixed, 128 / 129 (l-infinity 0.15),
-            185 / 186 (l2 0.75), 174 / 173 (l1 1.5) images on the adversarially trained digits
-            CNN, and 154 / 155 (l-infinity 0.1), 147 / 150 (l2 0.5), 191 / 191 (l1 1.5) on the
-            standard one.
+            rank 1, second nearest, logit rank 2, ...; logit rank 0 last). Ad hoc runs of the
+            default protocol (300 images, seed 0) broke, logit against mixed, 128 / 129
+            (l-infinity 0.15), 185 / 186 (l2 0.75), 174 / 173 (l1 1.5) images on the
+            adversarially trained digits CNN, and 154 / 155 (l-infinity 0.1), 147 / 150 (l2 0.5),
+            191 / 192 (l1 1.5) on the standard one.
         ce_restarts: the last ``ce_restarts`` restarts (never restart 0 nor a class restart) of a
             margin attack maximise the clipped cross-entropy (clip ``ce_clip``) instead of the margin, from
             restart 0's kind of start (near the clean input; at a vertex of the l-infinity ball
@@ -332,11 +332,11 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
             logit order) class restarts brought the mean radius from 4 % above FAB's (5 runs) to
             0.2 % below it.
         class_order: ``"mixed"`` (default), ``"linearised"`` or ``"logit"``, as in :func:`attack`.
-            Ad hoc runs (mean radius over FAB's, 5 runs of 100 steps; the logit order with
-            random-start class restarts, as before this option, against the mixed order): the
-            standard digits CNN (30 images) l1 1.046 / 1.022, l2 1.017 / 0.991, l-infinity
-            1.001 / 0.988; the adversarially trained one (50 images) l1 0.999 / 0.997,
-            l2 0.993 / 0.994, l-infinity 0.995 / 0.995.
+            The mixed order, the blend starts of the class restarts and the targeted bisection
+            steps (``apgd_targets``) together took the mean radius on the standard digits CNN
+            from 1.046 / 1.017 / 1.001 times FAB's (5 runs of 100 steps) to 0.995 / 0.991 / 0.987
+            at l1 / l2 / l-infinity (30 images, ad hoc; 50 images:
+            ``benchmarks/results/adv_min_standard_cpu.md``).
         apgd_steps: for the l1, l2 and l-infinity distances, bisection steps that try to shrink
             each PWCF radius ``r`` with APGD attacks in ``[(1 - apgd_span) r, r]`` (see
             :mod:`adv.bisect`; cross-entropy, margin and DLR losses, each success verified by the
@@ -348,8 +348,9 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
             untargeted losses did not break with targeted APGD (margin loss) towards the first
             ``apgd_targets`` classes of ``class_order``, one after the other (see
             :func:`adv.bisect.apgd_bisection`). Default 2; 0: untargeted losses only. Ad hoc, on
-            the standard digits CNN (30 images, l1; mean radius over FAB's, 5 runs of 100 steps):
-            1.022 without them, 1.005 with 2, 1.004 with 4.
+            the standard digits CNN (30 images, l1; mean radius over FAB's, 5 runs of 100 steps;
+            before the bisection window moved down): 1.022 without them, 1.005 with 2, 1.004
+            with 4.
 
     Returns:
         :class:`adv.MinDistortionResult`: ``radius`` is the judged float64 distance of the returned

@@ -27,7 +27,7 @@ sections 2.2-2.5, with the pitfalls of 1.8 fixed):
      (rank 0 is where the untargeted restart 0 usually ends); with ``"linearised"`` at the
      ``r``-th nearest class by the first-order boundary distance; with ``"mixed"`` (default) at
      the ``r``-th entry of those two orders interleaved (nearest, logit rank 1, second nearest,
-     logit rank 2, ... without repeats). The checks below stay untargeted (any misclassification
+     logit rank 2, ... without repeats, and without logit rank 0 but at the end). The checks below stay untargeted (any misclassification
      counts). The continuation keeps the rival of the restart it continues.
    * cross-entropy restarts (max-loss with the margin loss, ``ce_restarts = c``): the last ``c``
      restarts (after any class restart) maximise the clipped cross-entropy instead, from restart
@@ -762,8 +762,9 @@ def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, 
     point of a hyperplane moves one coordinate), the estimate DeepFool and FAB step along; the
     other classes follow in logit order, and ties (and non-finite estimates) keep the logit order.
     One backward pass per candidate class. ``how="mixed"``: the two interleaved, linearised
-    rank 0, logit rank 1, linearised rank 1, logit rank 2, ..., each class at its first place.
-    Other distances use the logit order whatever ``how`` says.
+    rank 0, logit rank 1, linearised rank 1, logit rank 2, ..., each class at its first place,
+    except the class of logit rank 0, where the untargeted restart 0 usually ends, which comes
+    last. Other distances use the logit order whatever ``how`` says.
 
     A solver started near ``x`` follows the class that is nearest at the start, which under l1 in
     particular is often not the class of the second-largest logit: on the standard digits CNN,
@@ -797,17 +798,19 @@ def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, 
     lin = torch.cat([head, order[:, c:]], dim=1).detach()
     if how == "linearised":
         return lin
-    # mixed: linearised rank 0, logit rank 1, linearised rank 1, logit rank 2, ... without repeats
+    # mixed: linearised rank 0, logit rank 1, linearised rank 1, logit rank 2, ... without repeats,
+    # and logit rank 0 (where the untargeted restart 0 usually ends) last
     B = lin.shape[0]
     inter = torch.stack([lin[:, :K - 2], order[:, 1:K - 1]], dim=2).reshape(B, -1)
     inter = torch.cat([inter, lin], dim=1)
     seen = torch.zeros(B, K, dtype=torch.bool, device=lin.device)
+    seen[rows, order[:, 0]] = True
     out = []
     for j in range(inter.shape[1]):
         c_j = inter[:, j]
-        new = ~seen[rows, c_j]
-        out.append(torch.where(new, c_j, -1))
+        out.append(torch.where(~seen[rows, c_j], c_j, -1))
         seen[rows, c_j] = True
+    out.append(order[:, 0])
     M = torch.stack(out, 1)
     keep = M >= 0
     pos = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : K - 1]
