@@ -24,6 +24,7 @@ from adv.losses import margin
 from adv.problems import MaxLossProblem, MinDistortionProblem
 from adv.results import AttackResult, MinDistortionResult, Report
 from adv.runner import (
+    CLASS_ORDER_CANDIDATES,
     CLASS_ORDERS,
     CheckContext,
     adapt_distance,
@@ -383,10 +384,15 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     active = ~v0.success
     logger.info("PWCF min-distortion: %d samples, %d already misclassified, %s", B, int(v0.success.sum()),
                 _distance_name(dist))
+    # the rival classes of the class restarts and of the bisection's targeted steps, computed once
+    order = None
+    if target is None and (class_restarts or (apgd_steps and apgd_targets)):
+        order = rival_order(ctx.model64, ctx.x64, y, dist_run, how=class_order,
+                            candidates=max(CLASS_ORDER_CANDIDATES, class_restarts, apgd_targets))
     out = run_min_distortion(problem, ctx, active, restarts=restarts, restart_maxit=restart_maxit, maxit=maxit,
                              time_limit=time_limit, seed=seed, init=init, init_scale=float(init_scale),
                              solver_options=solver_options, class_restarts=class_restarts,
-                             parallel_restarts=parallel_restarts, class_order=class_order)
+                             parallel_restarts=parallel_restarts, class_order=class_order, order=order)
     x_adv = out.x_adv.clone()
     found = torch.nonzero(out.success).flatten()
     if found.numel() and refine_steps:
@@ -398,9 +404,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     pwcf_radius = radius.clone()
     over = time_limit is not None and time.monotonic() - t0 >= time_limit
     if apgd_steps and supports_apgd_bisection(dist) and not over:
-        rivals = None
-        if apgd_targets and target is None:
-            rivals = rival_order(ctx.model64, ctx.x64, y, dist_run, how=class_order)[:, :apgd_targets]
+        rivals = None if order is None or not apgd_targets else order[:, :apgd_targets]
         bis = apgd_bisection(model, x.detach(), y, dist, x_adv, torch.where(active, radius, inf), target=target,
                              steps=apgd_steps, span=float(apgd_span), n_iter=apgd_iter, seed=seed,
                              num_classes=K, deadline=None if time_limit is None else t0 + time_limit,

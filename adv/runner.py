@@ -821,7 +821,8 @@ class _Protocol:
     def __init__(self, problem: Any, ctx: CheckContext, active: Tensor, *, kind: str, restarts: int,
                  restart_maxit: int, maxit: int, time_limit: float | None, seed: int, init: str,
                  init_scale: float, solver_options: dict[str, Any], class_restarts: int = 0,
-                 parallel_restarts: int = 1, ce_restarts: int = 0, class_order: str = "mixed") -> None:
+                 parallel_restarts: int = 1, ce_restarts: int = 0, class_order: str = "mixed",
+                 order: Tensor | None = None) -> None:
         self.problem = problem
         self.parallel = max(1, int(parallel_restarts))
         self.ctx = ctx
@@ -862,8 +863,10 @@ class _Protocol:
         self.rank_shift = 0
         self.order: Tensor | None = None
         if class_restarts > 0 and ctx.target is None and hasattr(problem, "rival"):
-            self.order = rival_order(ctx.model64, ctx.x64, ctx.y, ctx.distance, how=class_order,
-                                     candidates=max(CLASS_ORDER_CANDIDATES, int(class_restarts))).to(dev)
+            if order is None:
+                order = rival_order(ctx.model64, ctx.x64, ctx.y, ctx.distance, how=class_order,
+                                    candidates=max(CLASS_ORDER_CANDIDATES, int(class_restarts)))
+            self.order = order.to(dev)
             K = self.order.shape[1] + 1
             # logit order: rank 0 is where the untargeted restart 0 usually ends, so restart r aims
             # at rank r; linearised order: restart r aims at the r-th nearest class (rank r - 1)
@@ -1104,13 +1107,17 @@ def run_min_distortion(problem: MinDistortionProblem, ctx: CheckContext, active:
                        restart_maxit: int, maxit: int, time_limit: float | None = None, seed: int = 0,
                        init: str = "blend", init_scale: float = 0.01,
                        solver_options: dict[str, Any] | None = None, class_restarts: int = 0,
-                       parallel_restarts: int = 1, class_order: str = "mixed") -> RunOutput:
-    """Run the min-distortion protocol (module docstring) on the samples where ``active``."""
+                       parallel_restarts: int = 1, class_order: str = "mixed",
+                       order: Tensor | None = None) -> RunOutput:
+    """Run the min-distortion protocol (module docstring) on the samples where ``active``.
+
+    ``order``: the ``(B, K - 1)`` rival classes of :func:`rival_order` when the caller has them
+    already (None: computed here with ``class_order`` if there are class restarts)."""
     opts = merge_solver_options("min", solver_options)
     return _Protocol(problem, ctx, active, kind="min", restarts=restarts, restart_maxit=restart_maxit, maxit=maxit,
                      time_limit=time_limit, seed=seed, init=init, init_scale=init_scale,
                      solver_options=opts, class_restarts=class_restarts, parallel_restarts=parallel_restarts,
-                     class_order=class_order).run()
+                     class_order=class_order, order=order).run()
 
 
 def refine_radius(ctx: CheckContext, rows: Tensor, x_adv: Tensor, steps: int) -> Tensor:
