@@ -27,8 +27,8 @@ sections 2.2-2.5, with the pitfalls of 1.8 fixed):
      (rank 0 is where the untargeted restart 0 usually ends); with ``"linearised"`` at the
      ``r``-th nearest class by the first-order boundary distance; with ``"mixed"`` (default) at
      the ``r``-th entry of those two orders interleaved (nearest, logit rank 1, second nearest,
-     logit rank 2, ... without repeats, and without logit rank 0 but at the end). The checks below stay untargeted (any misclassification
-     counts). The continuation keeps the rival of the restart it continues.
+     logit rank 2, ... without repeats; logit rank 0 last). The checks below stay untargeted (any
+     misclassification counts). The continuation keeps the rival of the restart it continues.
    * cross-entropy restarts (max-loss with the margin loss, ``ce_restarts = c``): the last ``c``
      restarts (after any class restart) maximise the clipped cross-entropy instead, from restart
      0's kind of start; their rows carry the rival value :data:`adv.problems.CE_ROW`, so margin
@@ -744,13 +744,12 @@ def _store_rows(store: Any, rows: Tensor, part: Any, B: int) -> Any:
     return store
 
 
-
-#: runner-up classes ranked by their linearised distance (the rest follow in logit order)
+#: how many classes of largest logit the linearised order ranks (the rest follow in logit order)
 CLASS_ORDER_CANDIDATES = 9
 CLASS_ORDERS = ("mixed", "linearised", "logit")
 
 
-def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, *, how: str = "linearised",
+def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, *, how: str = "mixed",
                 candidates: int = CLASS_ORDER_CANDIDATES) -> Tensor:
     """Rival classes per sample in the order the class restarts take them: ``(B, K - 1)`` long
     (the label excluded).
