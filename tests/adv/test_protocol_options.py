@@ -696,3 +696,29 @@ def test_perceptual_class_restarts_keep_the_logit_ranks(caplog):
     with caplog.at_level(logging.INFO, logger="adv"):
         adv.attack(model, x, y, "l2", 0.05, restarts=2, class_restarts=1, maxit=5, restart_maxit=5)
     assert any("rival class 1 of the mixed order" in r.message for r in caplog.records)
+
+
+def test_rival_order_edge_cases_flat_classes_and_misclassified_inputs():
+    """A class whose logit moves exactly like the label's (zero gradient of the gap: no boundary
+    within reach) is ranked last among the candidates; an input already classified as a rival has
+    that rival first (distance 0); the result is always a permutation of the other classes."""
+    from adv.distances import Lp
+    from adv.runner import rival_order
+
+    n = 4
+    W = torch.zeros(5, n, dtype=D)
+    W[1, 0], W[2, 1], W[3, 2] = 1.0, 2.0, 3.0  # class 4 has the label's (zero) weights
+    b = torch.tensor([0.0, -0.5, -0.7, -1.0, -0.1], dtype=D)
+    model = Affine(W, b).eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    x = torch.zeros(2, n, dtype=D)
+    x[1, 2] = 1.0  # z_3 = 2 > z_0 = 0: sample 1 is already misclassified as class 3
+    y = torch.zeros(2, dtype=torch.long)
+    for how in ("linearised", "mixed"):
+        got = rival_order(model, x, y, Lp(2.0), how=how)
+        for i in range(2):
+            assert sorted(got[i].tolist()) == [1, 2, 3, 4]
+    lin = rival_order(model, x, y, Lp(2.0), how="linearised")
+    assert lin[0, -1].item() == 4  # flat: never reached
+    assert lin[1, 0].item() == 3   # already across its boundary
