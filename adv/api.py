@@ -25,9 +25,9 @@ from adv.problems import MaxLossProblem, MinDistortionProblem
 from adv.results import AttackResult, MinDistortionResult, Report
 from adv.runner import (
     CLASS_ORDER_CANDIDATES,
-    CLASS_ORDERS,
     CheckContext,
     adapt_distance,
+    check_class_order,
     model_as,
     model_dtype,
     refine_radius,
@@ -248,7 +248,7 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
     _check_int("class_restarts", class_restarts, 0)
     _check_int("ce_restarts", ce_restarts, 0)
     _check_int("parallel_restarts", parallel_restarts, 1)
-    _check_class_order(class_order)
+    check_class_order(class_order)
     t0 = time.monotonic()
     dtype, model_s, dist_run, ctx = _solve_setup(model, x, y, target, dist, eps_v, dtype)
     problem = MaxLossProblem(model_s, x.detach().to(dtype), y, dist_run, eps_v.to(dtype), loss=loss, target=target,
@@ -275,11 +275,6 @@ def attack(model: nn.Module, x: Tensor, y: Tensor, distance: Any, eps: Any, *, l
                         status=out.status, iterations=out.iterations, restarts_used=out.restarts_used,
                         seconds=time.monotonic() - t0, verdict=verdict, eps=eps_v, loss=loss,
                         distance_name=_distance_name(dist), continued=out.continued)
-
-
-def _check_class_order(class_order: Any) -> None:
-    if class_order not in CLASS_ORDERS:
-        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {class_order!r}")
 
 
 def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, target: Tensor | None = None,
@@ -369,7 +364,7 @@ def min_distortion(model: nn.Module, x: Tensor, y: Tensor, distance: Any, *, tar
     _check_int("apgd_iter", apgd_iter, 1)
     _check_int("apgd_targets", apgd_targets, 0)
     check_span("apgd_span", apgd_span)
-    _check_class_order(class_order)
+    check_class_order(class_order)
     if not (float(init_scale) > 0):
         raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
     t0 = time.monotonic()

@@ -147,33 +147,26 @@ def apgd_bisection(model: nn.Module, x: Tensor, y: Tensor, dist: Lp, x_adv: Tens
     best_d = hi.clone()
     calls = 0
     failed = torch.zeros_like(hi, dtype=torch.bool)
+    attacks: list[tuple[str, int | None]] = [(loss, None) for loss in losses]
+    attacks += [("margin", t) for t in range(0 if rv is None else rv.shape[1])]
     for k in range(steps):
         if deadline is not None and time.monotonic() >= deadline:
             logger.info("APGD bisection: time limit reached after %d of %d steps", k, steps)
             break
         mid = 0.5 * (lo + hi)
         ok = torch.zeros_like(hi, dtype=torch.bool)
-        for loss in losses:
-            todo = torch.nonzero(~ok).flatten()
-            if todo.numel() == 0:
-                break
-            res = apgd(model, xr[todo], yr[todo], dist, eps=mid[todo], loss=loss, n_iter=n_iter,
-                       target=tr[todo] if tr is not None else None, seed=seed + k, verify=True)
-            calls += 1
-            succ = res.success
-            closer = succ & (res.distance < best_d[todo])
-            sel = todo[closer]
-            best_x[sel] = res.x_adv[closer].to(best_x.dtype)
-            best_d[sel] = res.distance[closer].to(torch.float64)
-            ok[todo[succ]] = True
-        for t in range(0 if rv is None else rv.shape[1]):
-            todo = torch.nonzero(~ok & (rv[:, t] >= 0)).flatten()
+        # the untargeted losses, then targeted margin towards each rival (the rival on top is a
+        # misclassification), each on the samples still not broken
+        for loss, t in attacks:
+            live = ~ok if t is None else ~ok & (rv[:, t] >= 0)
+            todo = torch.nonzero(live).flatten()
             if todo.numel() == 0:
                 continue
-            res = apgd(model, xr[todo], yr[todo], dist, eps=mid[todo], loss="margin", n_iter=n_iter,
-                       target=rv[todo, t], seed=seed + k, verify=True)
+            tgt = rv[todo, t] if t is not None else (tr[todo] if tr is not None else None)
+            res = apgd(model, xr[todo], yr[todo], dist, eps=mid[todo], loss=loss, n_iter=n_iter,
+                       target=tgt, seed=seed + k, verify=True)
             calls += 1
-            succ = res.success  # the rival is the top class: misclassified
+            succ = res.success
             closer = succ & (res.distance < best_d[todo])
             sel = todo[closer]
             best_x[sel] = res.x_adv[closer].to(best_x.dtype)

@@ -749,6 +749,12 @@ CLASS_ORDER_CANDIDATES = 9
 CLASS_ORDERS = ("mixed", "linearised", "logit")
 
 
+def check_class_order(class_order: Any) -> None:
+    """ValueError naming ``class_order`` unless it is one of :data:`CLASS_ORDERS`."""
+    if class_order not in CLASS_ORDERS:
+        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {class_order!r}")
+
+
 def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, *, how: str = "mixed",
                 candidates: int = CLASS_ORDER_CANDIDATES) -> Tensor:
     """Rival classes per sample in the order the class restarts take them: ``(B, K - 1)`` long
@@ -770,8 +776,7 @@ def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, 
     of 6 images whose minimal l1 radius was 24-36 % above FAB's, the class FAB's point lands in
     came first in the linearised order for 5 (their logit ranks: 0, 1, 1, 3 and beyond 4).
     """
-    if how not in CLASS_ORDERS:
-        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {how!r}")
+    check_class_order(how)
     y = y.to(x64.device)
     rows = torch.arange(x64.shape[0], device=x64.device)
     with torch.inference_mode(False), torch.enable_grad():
