@@ -722,3 +722,25 @@ def test_rival_order_edge_cases_flat_classes_and_misclassified_inputs():
     lin = rival_order(model, x, y, Lp(2.0), how="linearised")
     assert lin[0, -1].item() == 4  # flat: never reached
     assert lin[1, 0].item() == 3   # already across its boundary
+
+
+def test_rival_order_rejects_bad_input():
+    from adv.distances import Lp
+    from adv.runner import rival_order
+
+    model, x, y = _three_class()
+    l2 = Lp(2.0)
+    with pytest.raises(ValueError, match="candidates"):
+        rival_order(model, x, y, l2, candidates=0)
+    with pytest.raises(ValueError, match="candidates"):
+        rival_order(model, x, y, l2, candidates=2.5)
+    with pytest.raises(ValueError, match="x64"):
+        rival_order(model, x.long(), y, l2)
+    with pytest.raises(ValueError, match="y must be an int64 tensor of shape"):
+        rival_order(model, x, y[:1], l2)
+    with pytest.raises(ValueError, match="y must be an int64"):
+        rival_order(model, x, y.float(), l2)
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
+        rival_order(model, x, torch.tensor([0, 3]), l2)
+    with pytest.raises(ValueError, match="model64 must return"):
+        rival_order(lambda t: t[:, :1], x, y, l2)
