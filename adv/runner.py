@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from adv.checks import check_labels
 from adv.distances import Distance, Lp
 from adv.losses import margin as margin_loss
 from adv.problems import CE_ROW, MaxLossProblem, MinDistortionProblem
@@ -782,9 +783,7 @@ def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, 
     if not isinstance(x64, Tensor) or not x64.is_floating_point() or x64.dim() < 2:
         raise ValueError(f"x64 must be a floating (B, ...) tensor, got "
                          f"{(x64.dtype, tuple(x64.shape)) if isinstance(x64, Tensor) else type(x64).__name__}")
-    if not isinstance(y, Tensor) or y.dtype != torch.long or tuple(y.shape) != (x64.shape[0],):
-        raise ValueError(f"y must be an int64 tensor of shape ({x64.shape[0]},), got "
-                         f"{(y.dtype, tuple(y.shape)) if isinstance(y, Tensor) else type(y).__name__}")
+    check_labels("y", y, x64.shape[0], None)
     y = y.to(x64.device)
     rows = torch.arange(x64.shape[0], device=x64.device)
     with torch.inference_mode(False), torch.enable_grad():
@@ -793,8 +792,7 @@ def rival_order(model64: nn.Module, x64: Tensor, y: Tensor, distance: Distance, 
         if z.dim() != 2 or z.shape[0] != x64.shape[0] or z.shape[1] < 2:
             raise ValueError(f"model64 must return (B, K) logits with B = {x64.shape[0]} and K >= 2, got "
                              f"{tuple(z.shape)}")
-        if bool(((y < 0) | (y >= z.shape[1])).any()):
-            raise ValueError(f"y must hold labels in [0, {z.shape[1]}), got {y.min().item()}..{y.max().item()}")
+        check_labels("y", y, x64.shape[0], z.shape[1])
         K = z.shape[1]
         zl = z.detach().scatter(1, y[:, None], -math.inf)
         order = zl.argsort(dim=1, descending=True)[:, : K - 1]
