@@ -15,6 +15,14 @@ a CUDA device takes by default, so that a CPU run counts what a GPU run would do
 * ``cnn``: the same attack on the random-weight CNN of ``bench_overhead.py`` (n = 3072), eps 0.05,
   ``--cnn-batch`` problems, L-BFGS 10.
 
+Each workload runs twice: with the default options and with ``strict_sync=True`` (one host read
+per pass). 'per pass' divides by the passes of the solver's loop (counted, not taken from the
+iteration counts: a strict pass can repeat an iteration whose line search ran out of rounds).
+
+A second table solves the conformance problems of ``ncvx_core.testing.problems`` (batches of 8,
+their reference options) with the default options and with ``strict_sync=True`` side by side,
+without the counter: statuses, objectives and wall times.
+
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_host_sync.py
@@ -47,16 +55,31 @@ from common import (  # noqa: E402
     write_results,
 )
 
+import ncvx_core.solver as S  # noqa: E402
+import ncvx_core.testing.problems as CP  # noqa: E402
 from ncvx_core import SolverOptions, solve  # noqa: E402
 from ncvx_core.testing.sync import SyncCounter  # noqa: E402
+
+CONFORMANCE = ("A1", "B1", "B2", "B3_d1", "C1", "C2", "A3", "A1_lbfgs")
 
 TOP_SITES = 8
 
 
 def count(P: Any, x0: torch.Tensor, opts: dict[str, Any]) -> dict[str, Any]:
-    with SyncCounter(sites=True) as c:
-        res = solve(P, x0, SolverOptions(print_level=0, **opts))
-    passes = int(res.iters.max())
+    n = [0]
+    orig = S._Solver._step
+
+    def step(self: Any, *args: Any) -> Any:
+        n[0] += 1
+        return orig(self, *args)
+
+    S._Solver._step = step  # type: ignore[method-assign]
+    try:
+        with SyncCounter(sites=True) as c:
+            res = solve(P, x0, SolverOptions(print_level=0, **opts))
+    finally:
+        S._Solver._step = orig  # type: ignore[method-assign]
+    passes = n[0]
     user = c.sites.get("problem function", 0)
     ours = c.n - user
     return dict(res=res, passes=passes, total=c.n, user=user, ours=ours,
@@ -69,6 +92,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="problems of the MLP workloads (default 64)")
     ap.add_argument("--cnn-batch", type=int, default=16, help="problems of the CNN workload (default 16)")
     ap.add_argument("--maxit", type=int, default=20)
+    ap.add_argument("--no-conformance", action="store_true",
+                    help="skip the strict_sync / default comparison on the conformance problems")
     args = ap.parse_args()
     for name in ("batch", "cnn_batch", "maxit"):
         if getattr(args, name) < 1:
@@ -83,32 +108,67 @@ def main() -> None:
     x, y = correctly_classified(model, Xte, yte, args.batch)
     P = AttackProblem(model, x, y, 0.75)
     for mem, label in ((10, "L-BFGS 10"), (0, "full BFGS")):
-        runs.append((f"digits MLP attack, B = {x.shape[0]}, n = 64, {label}",
-                     count(P, P.x0(seed=args.seed), dict(base, limited_mem_size=mem))))
+        for strict in (False, True):
+            runs.append((f"digits MLP attack, B = {x.shape[0]}, n = 64, {label}" + (", strict_sync" if strict else ""),
+                         count(P, P.x0(seed=args.seed), dict(base, limited_mem_size=mem, strict_sync=strict))))
     log("[cnn]")
     cnn = make_cnn(device, dtype, seed=args.seed)
     xc, yc = cnn_inputs(cnn, args.cnn_batch, seed=args.seed)
     Pc = AttackProblem(cnn, xc, yc, 0.05)
-    runs.append((f"CNN attack, B = {args.cnn_batch}, n = 3072, L-BFGS 10",
-                 count(Pc, Pc.x0(seed=args.seed), dict(base, limited_mem_size=10))))
+    for strict in (False, True):
+        runs.append((f"CNN attack, B = {args.cnn_batch}, n = 3072, L-BFGS 10" + (", strict_sync" if strict else ""),
+                     count(Pc, Pc.x0(seed=args.seed), dict(base, limited_mem_size=10, strict_sync=strict))))
+    conf_rows = None
+    if not args.no_conformance:
+        log("[conformance]")
+        conf_rows = conformance()
 
-    head = ["workload", "outer passes", "sync ops (solver)", "per pass", "sync ops in the problem function",
-            "status"]
-    rows = [[name, r["passes"], r["ours"], fmt(r["per_pass"]), r["user"], status_counts(r["res"].status)]
-            for name, r in runs]
+    head = ["workload", "passes", "most iterations", "sync ops (solver)", "per pass",
+            "sync ops in the problem function", "status", "mean best f"]
+    rows = [[name, r["passes"], int(r["res"].iters.max()), r["ours"], fmt(r["per_pass"]), r["user"],
+             status_counts(r["res"].status), f"{float(r['res'].best.f.mean()):.6g}"] for name, r in runs]
     body = [
         "Sync ops = dispatched operations that synchronise with the host on a CUDA device "
         "(`ncvx_core.testing.sync.SyncCounter`). 'per pass' divides the solver's own count by the "
-        "number of outer passes (the most iterations of any problem). Solved with `sync_free=True`, the "
-        "code path the solver takes by default on a CUDA device, whatever the device here.\n",
+        "number of passes of the solver's loop. Solved with `sync_free=True`, the "
+        "code path the solver takes by default on a CUDA device, whatever the device here; the "
+        "`strict_sync` rows add `strict_sync=True`. The problem function (`common.AttackProblem`) "
+        "reads the host itself; its count is apart.\n",
         md_table(head, rows),
         "\nWhere the solver's sync ops come from (innermost `ncvx_core` function, most frequent first):\n",
     ]
     for name, r in runs:
         top = [(k, v) for k, v in r["sites"].most_common() if k != "problem function"][:TOP_SITES]
         body.append(f"- {name}: " + "; ".join(f"`{k}` {v}" for k, v in top) + ".\n")
+    body += [] if conf_rows is None else [
+        "\n## strict_sync against the default on the conformance problems\n\n"
+        "Batches of 8 (`ncvx_core.testing.problems`, their reference options), solved with the "
+        "default options and with `strict_sync=True` one after the other, without the counter. "
+        "'same status' counts the problems whose termination codes agree; 'largest rel. f "
+        "difference' compares the best objectives, problem by problem.\n",
+        md_table(["problem", "status (default)", "status (strict)", "same status", "largest rel. f difference",
+                  "time default (s)", "time strict (s)", "strict / default"], conf_rows),
+    ]
     body.append(f"\nScript wall time: {time.perf_counter() - t0:.0f} s.\n")
     write_results(out_path(args, "host_sync", device), "Host synchronisations per solver iteration", device, body)
+
+
+def conformance() -> list[list[Any]]:
+    rows = []
+    for name in CONFORMANCE:
+        cp = getattr(CP, f"make_{name}")(batch=8)
+        out = []
+        for strict in (False, True):
+            opts = SolverOptions(**{**cp.options, "print_level": 0, "strict_sync": strict})
+            t = time.perf_counter()
+            res = solve(cp.fn, cp.x0, opts)
+            out.append((res, time.perf_counter() - t))
+        (a, ta), (b, tb) = out
+        rel = float(((a.best.f - b.best.f).abs() / a.best.f.abs().clamp(min=1e-12)).max())
+        rows.append([name, status_counts(a.status), status_counts(b.status), int((a.status == b.status).sum()),
+                     f"{rel:.1e}", f"{ta:.2f}", f"{tb:.2f}", f"{tb / ta:.2f}"])
+        log(f"  {name}: {rows[-1]}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ __all__ = [
     "LS_BRACKETED",
     "LS_NO_BRACKET",
     "LS_NONDESCENT",
+    "LS_CUT",
     "Trial",
     "LineSearchProblem",
     "LineSearchResult",
@@ -45,6 +46,7 @@ LS_OK = 0          # weak Wolfe (or Armijo for backtracking) satisfied, or the f
 LS_BRACKETED = 1   # bracketed a minimiser but did not satisfy the conditions
 LS_NO_BRACKET = 2  # never bracketed: the function may be unbounded below along d
 LS_NONDESCENT = 3  # assigned by the solver for failed searches along non-descent directions
+LS_CUT = 4         # still searching after the fixed number of rounds (``LineSearchProblem.rounds``)
 
 
 class Trial(NamedTuple):
@@ -80,6 +82,12 @@ class LineSearchProblem:
         speculation: the most trial steps per problem one ``peek`` call may carry (1: none).
         t_init: optional ``(k,)`` first trial step per problem (None: the line search's own ``t0``;
             a non-finite or non-positive entry also means ``t0`` for that problem).
+        rounds: None (default): search until every problem is done. An int: exactly this many
+            rounds of one trial per problem, each evaluating all k problems (the rows of the
+            problems not searching are evaluated at their start point and ignored), with no host
+            synchronisation; a problem still searching after them comes back with status
+            ``LS_CUT``. Needs ``peek`` and ``record``; ``record`` then takes a third argument,
+            the ``(k,)`` mask of the rows it may record. The solver's ``strict_sync`` mode.
     """
 
     start: Trial
@@ -89,6 +97,7 @@ class LineSearchProblem:
     record: Callable[[Trial, Tensor], None] | None = None
     speculation: int = 1
     t_init: Tensor | None = None
+    rounds: int | None = None
 
 
 class LineSearchResult(NamedTuple):
@@ -242,21 +251,10 @@ class WeakWolfe:
         spec = min(self.speculate, max(1, int(prob.speculation))) if quiet else 1
         self._rate = None
         cap = 0  # rows of the first round: no later round evaluates more
+        if prob.rounds is not None:
+            return self._search_rounds(prob, ls, d, dnorm, s0, nexpmax, active, budget, int(prob.rounds))
         while True:
-            # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
-            # so that a search through x = 0 stops at a bracket of step_tol (instead of bisecting
-            # until the step underflows)
-            xa_norm = (x0 + ls.alpha.unsqueeze(1) * d).norm(dim=1)
-            thr = self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)
-            cont = ((ls.beta - ls.alpha) > thr) & (ls.evals < budget)
-            if self.armijo_after is not None:
-                take_alpha = self._armijo_exit(ls.searching, ls.evals, ls.alpha, ls.beta)
-                ls.done_ok = ls.done_ok | take_alpha
-                ls.searching = ls.searching & ~take_alpha
-            stop = ls.searching & ~cont
-            ls.status = torch.where(stop, torch.where(torch.isinf(ls.beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8),
-                                    ls.status)
-            ls.searching = ls.searching & cont
+            thr = self._gate(ls, x0, d, dnorm, budget)
             rows = torch.nonzero(ls.searching).flatten()
             r = rows.numel()
             if r == 0:
@@ -299,19 +297,76 @@ class WeakWolfe:
                                                  x0, phi0, s0, d, nexpmax)
                 self._observe(failed, n_failed)
                 on = torch.zeros_like(on).index_copy(0, live, failed)
+        return self._finish(prob, ls, d, active, strict=False)
+
+    def _gate(self, ls: _State, x0: Tensor, d: Tensor, dnorm: Tensor, budget: Tensor) -> Tensor:
+        """End the searches whose bracket is below tolerance or whose budget is spent (and, with
+        ``armijo_after``, those that return their lower bracket end); returns the ``(k,)``
+        bracket tolerance."""
+        # GRANSO's bracket test, relative to ||x0 + alpha d|| / ||d||; the ratio is floored at 1
+        # so that a search through x = 0 stops at a bracket of step_tol (instead of bisecting
+        # until the step underflows)
+        xa_norm = (x0 + ls.alpha.unsqueeze(1) * d).norm(dim=1)
+        thr = self.step_tol * torch.clamp(xa_norm / dnorm, min=1.0)
+        cont = ((ls.beta - ls.alpha) > thr) & (ls.evals < budget)
+        if self.armijo_after is not None:
+            take_alpha = self._armijo_exit(ls.searching, ls.evals, ls.alpha, ls.beta)
+            ls.done_ok = ls.done_ok | take_alpha
+            ls.searching = ls.searching & ~take_alpha
+        stop = ls.searching & ~cont
+        ls.status = torch.where(stop, torch.where(torch.isinf(ls.beta), LS_NO_BRACKET, LS_BRACKETED).to(torch.int8),
+                                ls.status)
+        ls.searching = ls.searching & cont
+        return thr
+
+    def _search_rounds(self, prob: LineSearchProblem, ls: _State, d: Tensor, dnorm: Tensor, s0: Tensor,
+                       nexpmax: Tensor, active: Tensor, budget: Tensor, rounds: int) -> LineSearchResult:
+        """``rounds`` rounds over all k problems under masks, no host read (``LineSearchProblem.rounds``)."""
+        if prob.peek is None or prob.record is None:
+            raise ValueError("LineSearchProblem.rounds needs peek and record")
+        if rounds < 1:
+            raise ValueError(f"LineSearchProblem.rounds must be None or >= 1, got {rounds}")
+        x0, phi0 = prob.start.x, prob.start.phi
+        k = x0.shape[0]
+        every = torch.arange(k, device=x0.device)
+        grad = not self.backtracking
+        for rnd in range(rounds + 1):
+            self._gate(ls, x0, d, dnorm, budget)
+            if rnd == rounds:
+                break
+            mask = ls.searching
+            tr = torch.where(mask, ls.t, 0.0)
+            trial = prob.peek(x0 + tr.unsqueeze(1) * d, every, grad)
+            self._consume(ls, prob, True, every, tr, trial, x0, phi0, s0, d, nexpmax, mask=mask)
+        ls.status = torch.where(ls.searching, LS_CUT, ls.status).to(torch.int8)
+        return self._finish(prob, ls, d, active, strict=True)
+
+    def _finish(self, prob: LineSearchProblem, ls: _State, d: Tensor, active: Tensor,
+                strict: bool) -> LineSearchResult:
+        x0 = prob.start.x
         alpha, evals, status, best, done_ok = ls.alpha, ls.evals, ls.status, ls.best, ls.done_ok
         last_value_trial_t = ls.last_value_trial_t
         if self.backtracking:
             # one gradient evaluation at the accepted point, or at the last trial after a failure
             t_ret = torch.where(done_ok, alpha, last_value_trial_t)
             need = active & (evals > 0)
-            rows = torch.nonzero(need).flatten()
-            if rows.numel():
-                xr = x0[rows] + t_ret[rows].unsqueeze(1) * d[rows]
-                trial = prob.evaluate(xr, rows, True)
-                evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
-                tree_put(best, rows, trial)
-                alpha = alpha.index_copy(0, rows, t_ret[rows])
+            if strict:  # every row evaluated, the others ignored (no host read)
+                rows = torch.arange(x0.shape[0], device=x0.device)
+                t_ret = torch.where(need, t_ret, 0.0)
+                trial = prob.peek(x0 + t_ret.unsqueeze(1) * d, rows, True)
+                assert prob.record is not None
+                prob.record(trial, rows, need)
+                evals = evals + need.to(evals.dtype)
+                tree_put(best, rows, tree_where(need, trial, best))
+                alpha = torch.where(need, t_ret, alpha)
+            else:
+                rows = torch.nonzero(need).flatten()
+                if rows.numel():
+                    xr = x0[rows] + t_ret[rows].unsqueeze(1) * d[rows]
+                    trial = prob.evaluate(xr, rows, True)
+                    evals = evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
+                    tree_put(best, rows, trial)
+                    alpha = alpha.index_copy(0, rows, t_ret[rows])
             status = torch.where(active & ~done_ok & (status == LS_OK), LS_BRACKETED, status).to(torch.int8)
             status = torch.where(active & ~done_ok & (status == LS_NO_BRACKET), LS_BRACKETED, status).to(torch.int8)
         status = status.masked_fill(~active, LS_OK)
@@ -375,7 +430,8 @@ class WeakWolfe:
         return w
 
     def _consume(self, ls: _State, prob: LineSearchProblem, quiet: bool, rows: Tensor, tr: Tensor, trial: Trial,
-                 x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor) -> tuple[Tensor, int | None]:
+                 x0: Tensor, phi0: Tensor, s0: Tensor, d: Tensor, nexpmax: Tensor,
+                 mask: Tensor | None = None) -> tuple[Tensor, int | None]:
         """Apply one trial per problem ``rows`` (unique) at steps ``tr``; returns ``(len(rows),)``
         bool: the trial failed sufficient decrease (the search bisects towards alpha next), and
         their number when it is known on the host without a synchronisation (else None).
@@ -383,9 +439,16 @@ class WeakWolfe:
         Every row either is taken (accepted, or its lower bracket end moves up) or failed
         sufficient decrease, never both; so the failures number ``len(rows)`` minus the taken
         rows, which the copy of the taken trials has counted already when it is sized on the host
-        (``sync_free`` off)."""
+        (``sync_free`` off).
+
+        ``mask``: ``rows`` are then all k problems, and only those where ``mask`` take the trial
+        (the others keep their state: the rounds of ``LineSearchProblem.rounds``)."""
+        old = {f: getattr(ls, f) for f in _FIELDS} if mask is not None else None
         if quiet and not self.backtracking:
-            prob.record(trial, rows)
+            if mask is None:
+                prob.record(trial, rows)
+            else:
+                prob.record(trial, rows, mask)  # type: ignore[call-arg]
         ls.evals = ls.evals.index_add(0, rows, torch.ones_like(rows, dtype=torch.int32))
         phi = trial.phi
         quit_ = trial.feasible & torch.isfinite(phi) & (phi <= prob.fvalquit)
@@ -412,10 +475,10 @@ class WeakWolfe:
         if self.backtracking:
             # value-only trials: remember the last trial step; accepted points get a gradient later
             ls.last_value_trial_t = ls.last_value_trial_t.index_copy(0, rows, tr)
-        elif sync_free_on(self.sync_free, rows.device):
+        elif mask is not None or sync_free_on(self.sync_free, rows.device):
             # every row of the round is rewritten (its old point where the trial is not taken):
             # integer indices and masks, no host sync
-            tree_put(ls.best, rows, tree_where(take, trial, tree_rows(ls.best, rows)))
+            tree_put(ls.best, rows, tree_where(take if mask is None else take & mask, trial, tree_rows(ls.best, rows)))
         else:
             ti = take.nonzero().squeeze(1)  # one host sync (sizes the copy), then integer gathers
             n_failed = rows.numel() - ti.numel()
@@ -442,7 +505,15 @@ class WeakWolfe:
         ls.nexp = ls.nexp.index_copy(0, rows, ne_r + expand.long())
         ls.status = ls.status.index_copy(0, rows, torch.where(give_up, LS_NO_BRACKET, ls.status[rows]).to(torch.int8))
         ls.searching = ls.searching.index_copy(0, rows, ls.searching[rows] & ~give_up)
+        if old is not None:  # rows = every problem: the others keep their state
+            for f, v in old.items():
+                setattr(ls, f, torch.where(mask, getattr(ls, f), v))
+            return lower_beta & mask, None
         return lower_beta, n_failed
+
+
+# the per-problem fields of a search, replaced (never written in place) by each round
+_FIELDS = ("alpha", "beta", "t", "nexp", "evals", "status", "searching", "done_ok", "alpha_ok", "last_value_trial_t")
 
 
 class Backtracking(WeakWolfe):

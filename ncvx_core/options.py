@@ -105,6 +105,7 @@ class SolverOptions:
     jacobian: str = "loop"
     auto_memory: bool = True
     sync_free: bool | None = None
+    strict_sync: bool = False
     memory_limit: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901 - a flat list of checks reads best
@@ -221,6 +222,9 @@ class SolverOptions:
         boolean("auto_memory")
         if self.sync_free is not None and not isinstance(self.sync_free, bool):
             bad("sync_free", "None or a bool")
+        boolean("strict_sync")
+        if self.strict_sync and self.sync_free is False:
+            bad("strict_sync", "False with sync_free=False (strict_sync works under masks: sync_free None or True)")
         if self.memory_limit is not None and num("memory_limit") <= 0:
             bad("memory_limit", "None or a positive number of bytes")
 

@@ -21,6 +21,7 @@ from .errors import NcvxError, ProblemDefinitionError
 from .hessian import BFGS, LBFGS, BFGSState, HessianApprox, regularize, state_put, state_rows
 from .linesearch import (
     LS_BRACKETED,
+    LS_CUT,
     LS_NO_BRACKET,
     LS_NONDESCENT,
     LS_OK,
@@ -38,7 +39,7 @@ from .qp import QPSolver, get_qp_solver
 from .qp.ipm import IPMQPSolver
 from .qp.registry import AutoQPSolver
 from .result import Iterate, SolveResult
-from .stationarity import cache_insert, init_cache, stationarity_qp
+from .stationarity import StationarityResult, cache_insert, init_cache, qp_buckets, stationarity_qp
 from .status import Status
 from .steering import steer
 from .utils import (
@@ -91,6 +92,15 @@ _F, _TVI, _TVE, _TV, _FEAS, _MU, _FOUND = range(7)
 #: and l2), with 23-26 % fewer function rows than without the option (ad hoc runs, not from a
 #: benchmark script)
 _PREVIOUS_STEP_FACTOR = 4.0
+# strict_sync: line-search rounds of the first pass and their cap (doubled after a pass in which a
+# search ran out of rounds, else down to the most rounds a search used, by one per pass), and the
+# interior-point iterations of the first pass, their cap and the slack over the most iterations
+# a converged QP needed in the previous pass (doubled after a QP that did not converge)
+_STRICT_LS_ROUNDS = 2
+_STRICT_LS_MAX = 64
+_STRICT_IPM_ITERS = 40
+_STRICT_IPM_MAX = 100
+_STRICT_IPM_SLACK = 4
 
 
 def _pack_values(ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> Tensor:
@@ -230,8 +240,10 @@ def _record_from(x: Tensor, ev: Evaluation, viol: Violation, mu: Tensor, found: 
 
 
 def _update_records(best: _Rec, mf: _Rec, rows: Tensor, x: Tensor, ev: Evaluation, viol: Violation,
-                    mu: Tensor, constrained: bool, sync_free: bool = True) -> tuple[_Rec, _Rec]:
-    """Update the best / most-feasible records of problems ``rows`` (unique) with new evaluations.
+                    mu: Tensor, constrained: bool, sync_free: bool = True,
+                    mask: Tensor | None = None) -> tuple[_Rec, _Rec]:
+    """Update the best / most-feasible records of problems ``rows`` (unique) with new evaluations
+    (only the rows where ``mask``, if given).
 
     ``sync_free``: rewrite every row of ``rows`` under the masks (no host read); else copy only the
     improved rows, sized by one ``nonzero`` (fewer operations when few rows improve, as in most
@@ -239,6 +251,8 @@ def _update_records(best: _Rec, mf: _Rec, rows: Tensor, x: Tensor, ev: Evaluatio
     new = _Rec(x, _pack_values(ev, viol, mu, torch.ones_like(viol.feasible)))  # read only
     f = ev.f
     ok = torch.isfinite(f) & torch.isfinite(viol.tv)  # a NaN/inf point never becomes a record
+    if mask is not None:
+        ok = ok & mask
     if constrained:
         m_v, b_v = mf.v[rows], best.v[rows]
         b_tv, b_f = m_v[:, _TV], m_v[:, _F]
@@ -339,11 +353,25 @@ class _Solver:
         self.ls = _pick("line_search", ls if ls is not None else "weak_wolfe", LINE_SEARCHES, o,
                         LineSearch)
         # masked copies instead of host-sized ones (docs/batching.md); the default: on CUDA devices
-        self.sync_free = sync_free_on(o.sync_free, self.device)
+        self.strict = o.strict_sync
+        self.sync_free = self.strict or sync_free_on(o.sync_free, self.device)
+        # strict_sync: line-search rounds and interior-point iterations per pass, sized on the host
+        # from the previous pass's one read (see _strict_read)
+        self.ls_rounds = _STRICT_LS_ROUNDS
+        self.ipm_iters = _STRICT_IPM_ITERS
+        self._ls_stat: Tensor | None = None
+        self.first_open = True
+        # strict_sync: the stationarity QPs' padded sample count (a rung of qp_buckets) and whether
+        # the fallback QP is solved with every first one (after a pass where a first one failed)
+        self.stat_size = 1
+        self.stat_fallback = False
+        self._stat_stat: Tensor | None = None
+        self.hv_ready = False  # strict_sync: the stored H [g, Je^T, Ji^T] is current in every lane
         if self.sync_free:  # the interior-point solvers made here from a name read the host less often
             self.qp.check_every = 2
+            self.qp.fixed_iters = self.ipm_iters if self.strict else None
             if isinstance(qp if qp is not None else o.QPsolver, str):
-                _check_every(self.qp.solver, 2)
+                _check_every(self.qp.solver, 2, self.qp.fixed_iters)
         self.hess_spec = hess
         if hess is not None:  # validate early; built in run() once the memory plan is known
             self.hess = _pick("hessian", hess, HESSIANS, o, HessianApprox)
@@ -457,7 +485,10 @@ class _Solver:
         passes = 0
         while True:
             running = st.status == RUNNING
-            idx = torch.nonzero(running).flatten()  # the one host sync of a pass
+            if self.strict:
+                idx = self._strict_read(running, st.iters)
+            else:
+                idx = torch.nonzero(running).flatten()  # the one host sync of a pass
             if idx.numel() == 0:
                 break
             full = idx.numel() == B
@@ -479,6 +510,40 @@ class _Solver:
             if self.printer is not None:
                 self.printer.row(st, acc_full)
         return st
+
+    def _strict_read(self, running: Tensor, iters: Tensor) -> Tensor:
+        """The one host read of a pass under ``strict_sync``: the number of running problems, with
+        the line-search and interior-point usage of the last pass, which size this pass's rounds
+        and iterations, and whether a running problem is still at its first iteration (the line
+        search's penalty reattempts at x0 read the host). Returns the running problems' indices (sorted, gathered without a second
+        read)."""
+        ls = self._ls_stat if self._ls_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
+        ipms = _ipms(self.qp)
+        usage = [u for u in (s.take_usage() for s in ipms) if u is not None]
+        ipm = (torch.stack(usage).amax(0) if usage else torch.zeros(2, dtype=torch.long, device=self.device))
+        stq = self._stat_stat if self._stat_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
+        n_run, first, cut, used, ipm_used, ipm_failed, n_samples, stat_failed = torch.cat([
+            running.sum().view(1), (running & (iters == 0)).any().view(1).long(), ls.long(), ipm.long(),
+            stq.long()]).tolist()
+        self._stat_stat = None
+        self.first_open = bool(first)
+        L = self.plan.ngrad
+        if L > 0 and n_samples:  # room for one more sample than the most a problem had
+            self.stat_size = max(self.stat_size, next(c for c in qp_buckets(L) if c >= min(L, n_samples + 1)))
+        self.stat_fallback = self.stat_fallback or bool(stat_failed)
+        self._ls_stat = None
+        if cut:
+            self.ls_rounds = min(2 * self.ls_rounds, _STRICT_LS_MAX)
+        elif used:
+            self.ls_rounds = max(int(used), self.ls_rounds - 1, 1)
+        if ipm_failed:
+            self.ipm_iters = min(2 * self.ipm_iters, _STRICT_IPM_MAX)
+        elif ipm_used:
+            self.ipm_iters = max(int(ipm_used) + _STRICT_IPM_SLACK, self.ipm_iters - 1)
+        for s in ipms:
+            s.fixed_iters = self.ipm_iters
+        order = torch.argsort((~running).to(torch.int8), stable=True)
+        return order[:n_run]
 
     def _maxit(self, st: State) -> State:
         """Code 4 for the running problems that have reached ``maxit`` iterations."""
@@ -527,18 +592,26 @@ class _Solver:
         stat = torch.where(mask & smooth, gnorm, st.stat)
         n_grads = torch.where(mask & smooth, 1, st.n_grads)
         fb = st.stat_fallback.masked_fill(mask & smooth, 0)
-        rows_all = torch.nonzero(need).flatten()
+        # strict_sync: every lane, the results kept where needed (no read of which lanes need it)
+        rows_all = torch.arange(need.shape[0], device=need.device) if self.strict else torch.nonzero(need).flatten()
         chunk = max(1, self.plan.chunk)
         ev = st.ev
         for start in range(0, rows_all.numel(), chunk):
             rows = rows_all[start:start + chunk]
             orig = orig_idx[rows]  # positions in the full batch (the cache holds every problem)
+            keep = need[rows] if self.strict else None
             nb = cache_insert(self.cache, orig, st.x[rows], ev.g[rows], ev.Ji[rows], ev.Je[rows], o.evaldist,
-                              exact=self.sync_free)
+                              exact=self.sync_free, mask=keep)
             Hsub = st.H if rows.numel() == st.x.shape[0] else state_rows(st.H, rows)  # all lanes: no copy
             Hreg = self._regularized(Hsub)
             res = stationarity_qp(self._apply(Hsub, None, Hreg), self.cache, orig, nb, ev.ci[rows], ev.ce[rows],
-                                  st.mu[rows], qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol)
+                                  st.mu[rows], qp=self.qp, l2=o.stat_l2_model, qp_tol=o.qp_tol, strict=self.strict,
+                                  size=self.stat_size, fallback=self.stat_fallback)
+            if keep is not None:
+                res = StationarityResult(*(torch.where(keep, a, b[rows]) for a, b in zip(res, (stat, n_grads, fb))))
+                # what the next pass's QP size and fallback are chosen from (_strict_read)
+                used = torch.stack([torch.where(keep, nb.sum(1), 0).amax(), (keep & (res.fallback < 0)).any().long()])
+                self._stat_stat = used if self._stat_stat is None else torch.maximum(self._stat_stat, used)
             stat = stat.index_copy(0, rows, res.stat)
             n_grads = n_grads.index_copy(0, rows, res.n_grads)
             fb = fb.index_copy(0, rows, res.fallback)
@@ -591,9 +664,17 @@ class _Solver:
         rand = level == 4
         # one host read for the branch checks: lanes per kind (all lanes steering needs no row
         # list), and whether the stored H [g, Je^T, Ji^T] is current where it would be reused
-        n_qn, n_steer, any_rand, hv_qn, hv_steer = torch.stack([
-            qn.sum(), steer_lanes.sum(), rand.any().long(), (st.hv_ok | ~qn).all().long(),
-            (st.hv_ok | ~steer_lanes).all().long()]).tolist()
+        if self.strict:
+            # no read: what each kind of lane may need is known from the levels in use, and the
+            # stored products are current once an update has run (the update covers every lane)
+            n_qn = int(self.min_level <= 2 <= self.max_level)
+            n_steer = k if self.min_level <= 1 else 0
+            any_rand = self.max_level >= 4 and bool(rand.any())  # level 4 (off by default) reads
+            hv_qn = hv_steer = int(self.hv_ready)
+        else:
+            n_qn, n_steer, any_rand, hv_qn, hv_steer = torch.stack([
+                qn.sum(), steer_lanes.sum(), rand.any().long(), (st.hv_ok | ~qn).all().long(),
+                (st.hv_ok | ~steer_lanes).all().long()]).tolist()
         if n_qn:
             if self.reuse and not self.constrained and hv_qn:
                 d_qn = -mu.unsqueeze(1) * st.hv[:, :, 0]  # gphi = mu g without constraints
@@ -614,9 +695,14 @@ class _Solver:
                         c_viol=o.steering_c_viol, c_mu=o.steering_c_mu, maxit=o.steering_maxit,
                         ineq_margin=o.steering_ineq_margin, l1_model=o.steering_l1_model, qp_tol=o.qp_tol, HV=HV,
                         sync_free=self.sync_free)
-            d = d.index_copy(0, rows, res.d)
-            mu_new = mu.index_copy(0, rows, res.mu)
-            qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)
+            if self.strict:  # every lane steered; the result kept where the level asks for it
+                d = torch.where(bmask(steer_lanes, d), res.d, d)
+                mu_new = torch.where(steer_lanes, res.mu, mu)
+                qp_failed = steer_lanes & res.qp_failed
+            else:
+                d = d.index_copy(0, rows, res.d)
+                mu_new = mu.index_copy(0, rows, res.mu)
+                qp_failed = qp_failed.index_copy(0, rows, res.qp_failed)
         if any_rand:
             rows = torch.nonzero(rand).flatten().tolist()
             g_new = _gphi(ev, viol, mu_new)
@@ -679,10 +765,10 @@ class _Solver:
                     v = v._replace(gv1=torch.full_like(xr, math.nan))
                 return Trial(phi, g, v.feasible, xr, _Payload(e, v))
 
-            def record(trial: Trial, rows: Tensor) -> None:
+            def record(trial: Trial, rows: Tensor, mask: Tensor | None = None) -> None:
                 e, v = trial.payload
                 records[0], records[1] = _update_records(records[0], records[1], rows, trial.x, e, v, mu_cur[rows],
-                                                         constrained, self.sync_free)
+                                                         constrained, self.sync_free, mask)
 
             def evaluate(xr: Tensor, rows: Tensor, grad: bool) -> Trial:
                 trial = peek(xr, rows, grad)
@@ -693,16 +779,20 @@ class _Solver:
             # several trial steps of one problem in one call need a function that takes idx
             spec = o.linesearch_speculation if self.ev.accepts_idx else 1
             return LineSearchProblem(start, evaluate, o.fvalquit, peek=peek, record=record, speculation=spec,
-                                     t_init=t_init)
+                                     t_init=t_init, rounds=self.ls_rounds if self.strict else None)
 
         try:
             res = self.ls.search(make_problem(mu_ls, phi_k, gphi_k), d, search, budget)
             evals_total += res.evals.long()
+            ls_stat = [res]
             R = torch.where(first_iter, o.linesearch_reattempts_x0, o.linesearch_reattempts)
             cmu = torch.where(first_iter, o.linesearch_c_mu_x0, o.linesearch_c_mu).to(self.dtype)
             mu_lowest = st.mu_lowest
             if constrained:
-                for j in range(1, max(o.linesearch_reattempts_x0, o.linesearch_reattempts) + 1):
+                # (under strict_sync only in passes where a problem is still at x0: a read per attempt)
+                tries = max(o.linesearch_reattempts_x0 if (self.first_open or not self.strict) else 0,
+                            o.linesearch_reattempts)
+                for j in range(1, tries + 1):
                     again = search & descent & (res.status == LS_NO_BRACKET) & (j <= R)
                     if not bool(again.any()):
                         break
@@ -712,6 +802,7 @@ class _Solver:
                     g_j = _gphi(ev, viol, mu_ls)
                     res_j = self.ls.search(make_problem(mu_ls, phi_j, g_j), d, again, budget)
                     evals_total += res_j.evals.long()
+                    ls_stat.append(res_j)
                     res = _merge_ls(again, res_j, res)
         except Exception as exc:  # the user's function raised inside the line search
             if o.debug_mode or isinstance(exc, NcvxError):
@@ -721,6 +812,10 @@ class _Solver:
             res = None
             mu_lowest = st.mu_lowest
         best, mf = records
+        if self.strict and res is not None:  # what the next pass's rounds are sized from (_strict_read)
+            self._ls_stat = torch.stack([
+                torch.stack([(r.status == LS_CUT).any() for r in ls_stat]).any().long(),
+                torch.stack([r.evals.amax() for r in ls_stat]).amax().long()])
         status = st.status
         i16 = lambda c: torch.full((), int(c), dtype=torch.int16, device=dev)  # noqa: E731
         if res is None:
@@ -731,13 +826,15 @@ class _Solver:
             ls_status = res.status
             t = res.t
             trial = res.trial
-        ls_status = ls_status.masked_fill(nondescent_search & ~descent & (ls_status != LS_OK), LS_NONDESCENT)
+        cut = ls_status == LS_CUT  # strict_sync: ran out of rounds; the pass is repeated with more
+        ls_status = ls_status.masked_fill(nondescent_search & ~descent & (ls_status != LS_OK) & ~cut, LS_NONDESCENT)
 
         # -- outcomes ----------------------------------------------------------------------------
         level = st.level
         can_bump = (level < self.max_level) | ((level == 4) & (rand_attempts < o.max_random_attempts))
         feasible_k = viol.feasible
-        force_accept = o.disable_terminationcode_6 & (level == 3) & search & ~user_error & (ls_status != LS_OK)
+        force_accept = (o.disable_terminationcode_6 & (level == 3) & search & ~user_error & (ls_status != LS_OK)
+                        & ~cut)
         ok = search & ~user_error & ((ls_status == LS_OK) | force_accept)
         no_dir = ~qp_failed & ~search  # non-finite or non-descent direction without a search
         fail1 = search & ~user_error & ~ok & (ls_status == LS_BRACKETED)
@@ -808,6 +905,7 @@ class _Solver:
             H_new, info, hv = self.hess.update_apply(H_before, s, y, ok, _steer_cols(new.ev))
             # every row: an updated one has H+ X, the others kept H and x, so H X is current too
             new = new._replace(hv=hv, hv_ok=torch.ones_like(ok))
+            self.hv_ready = True
         else:
             H_new, info = self.hess.update(H_before, s, y, ok)
         code = info.code
@@ -855,12 +953,21 @@ class _Solver:
         return res
 
 
-def _check_every(solver: Any, k: int) -> None:
-    """Set the host-read interval of the interior-point solver(s) of a QP solver made from a name
-    (``"ipm"``, or ``"auto"``'s)."""
+def _check_every(solver: Any, k: int, fixed_iters: int | None = None) -> None:
+    """Set the host-read interval and the fixed iteration count (``strict_sync``) of the
+    interior-point solver(s) of a QP solver made from a name (``"ipm"``, or ``"auto"``'s)."""
     for s in (solver, getattr(solver, "ipm", None) if isinstance(solver, AutoQPSolver) else None):
         if isinstance(s, IPMQPSolver):
             s.check_every = k
+            s.fixed_iters = fixed_iters
+
+
+def _ipms(qp: _WithFallback) -> list[IPMQPSolver]:
+    """The interior-point solvers with a fixed iteration count behind the solver's QP solver."""
+    out = [qp._ipm] if qp._ipm is not None else []
+    s = qp.solver
+    out += [s] if isinstance(s, IPMQPSolver) else [s.ipm] if isinstance(s, AutoQPSolver) else []
+    return [i for i in out if isinstance(i, IPMQPSolver) and i.fixed_iters is not None]
 
 
 class _WithFallback:
@@ -873,6 +980,7 @@ class _WithFallback:
         self._ipm: QPSolver | None = None
         self._warned = False
         self.check_every = 1  # for the fallback interior-point solver it makes
+        self.fixed_iters: int | None = None  # likewise
 
     def supports(self, qp: Any) -> bool:
         return True
@@ -882,7 +990,7 @@ class _WithFallback:
             return self.solver.solve(qp, **kw)
         if self._ipm is None:
             self._ipm = get_qp_solver("ipm")
-            _check_every(self._ipm, self.check_every)
+            _check_every(self._ipm, self.check_every, self.fixed_iters)
         if not self._warned:
             logger.info("QP solver %r does not support a QP of size %d%s; using 'ipm' for it", self.name, qp.m,
                         " with an equality" if qp.eq_mask is not None else "")

@@ -52,7 +52,7 @@ _EXACT_BYTES = 1 << 27  # 128 MiB of point differences per block in cache_insert
 
 
 def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: Tensor, Je: Tensor,
-                 evaldist: float, *, exact: bool = False) -> Tensor:
+                 evaldist: float, *, exact: bool = False, mask: Tensor | None = None) -> Tensor:
     """Insert the new points of problems ``rows`` into the cache (in place) and return their
     neighbourhoods.
 
@@ -66,6 +66,8 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
 
     ``exact=True`` measures every filled slot instead (reads the problems' whole point cache, no
     host synchronisation; the neighbourhoods are the same): the solver's choice with ``sync_free``.
+    ``mask (k,)`` bool: insert only where true (the other rows of the cache are rewritten with
+    their own values; their returned neighbourhoods mean nothing).
     """
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
@@ -97,14 +99,24 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     nb = (filled & (hi <= evaldist) & ~onehot) | onehot
     lo = torch.where(onehot, 0.0, lo)
     hi = torch.where(onehot, 0.0, hi)
+    nxt = (slot + 1) % L
+    if mask is not None:  # the rows left out keep their slots and bounds
+        m1 = mask.unsqueeze(1)
+        lo = torch.where(m1, lo, cache.lo[rows])
+        hi = torch.where(m1, hi, cache.hi[rows])
+        x = torch.where(m1, x, cache.X[rows, slot])
+        g = torch.where(m1, g, cache.G[rows, slot])
+        Ji = torch.where(m1.unsqueeze(2), Ji, cache.Ji[rows, slot])
+        Je = torch.where(m1.unsqueeze(2), Je, cache.Je[rows, slot])
+        nxt = torch.where(mask, nxt, slot)
     cache.lo[rows] = lo
     cache.hi[rows] = hi
     cache.X[rows, slot] = x
     cache.G[rows, slot] = g
     cache.Ji[rows, slot] = Ji
     cache.Je[rows, slot] = Je
-    cache.filled[rows, slot] = True
-    cache.next[rows] = (slot + 1) % L
+    cache.filled[rows, slot] = cache.filled[rows, slot] | (True if mask is None else mask)
+    cache.next[rows] = nxt
     return nb
 
 
@@ -129,6 +141,9 @@ def stationarity_qp(
     qp: QPSolver,
     l2: bool = True,
     qp_tol: float = 1e-12,
+    strict: bool = False,
+    size: int | None = None,
+    fallback: bool = True,
 ) -> StationarityResult:
     """Termination QP over the neighbourhood samples (spec 5.3), with the redundant bound
     sigma <= mu and the constant term -f * sum(sigma) dropped.
@@ -138,9 +153,19 @@ def stationarity_qp(
         cache, rows, nb: the cache of all problems, the positions ``rows (k,)`` of the k problems in
             it and their ``(k, L)`` neighbourhood masks (only the neighbourhood samples are read).
         ci, ce: constraint values at the current points, ``(k, p)`` and ``(k, q)``; ``mu (k,)``.
+        strict: no host read (``strict_sync``): one QP call with every QP padded to ``size``
+            samples (None: the cache size ``L``). A neighbourhood of more samples keeps the current
+            point's and the first others by slot: the measure over fewer samples is never smaller,
+            so it can delay a termination but never cause one. With ``fallback``, the fallback QP
+            (H replaced by I) is solved in the same call as the first, for every problem; without
+            it, a problem whose first QP fails gets ``inf`` (fallback -1).
     """
     counts = nb.sum(dim=1)
     L = cache.X.shape[1]
+    if strict:
+        lmax = L if size is None else max(1, min(int(size), L))
+        return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, lmax, qp, l2, qp_tol,
+                                   together=fallback, strict=True)
     # a problem's QP is padded (with fixed variables) to a size that depends on its own
     # neighbourhood only (qp_buckets), so its answer does not depend on the batch it is solved in;
     # the possible sizes are known on the host, and one small read says which occur (sizes the QPs)
@@ -188,13 +213,19 @@ def _rows_apply(apply_H: Callable[..., Tensor], rows: Tensor) -> Callable[[Tenso
 
 
 def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, rows: Tensor, nb: Tensor, ci: Tensor,
-                        ce: Tensor, mu: Tensor, lmax: int, qp: QPSolver, l2: bool, qp_tol: float) -> StationarityResult:
+                        ce: Tensor, mu: Tensor, lmax: int, qp: QPSolver, l2: bool, qp_tol: float,
+                        together: bool = False, strict: bool = False) -> StationarityResult:
     k, L = nb.shape
     n = cache.X.shape[2]
     p, q = ci.shape[1], ce.shape[1]
     w = 1 + p + q
     counts = nb.sum(dim=1)
-    order = torch.argsort((~nb).to(torch.int8), dim=1, stable=True)[:, :lmax]  # neighbourhood first
+    key = (~nb).to(torch.int8)
+    if strict:  # the current point's sample (the last inserted) first: kept when lmax truncates
+        cur = torch.remainder(cache.next[rows] - 1, L)
+        key = torch.where(torch.arange(L, device=nb.device) == cur.unsqueeze(1), -1, key).to(torch.int8)
+        counts = counts.clamp(max=lmax)
+    order = torch.argsort(key, dim=1, stable=True)[:, :lmax]  # neighbourhood first
     valid = torch.arange(lmax, device=nb.device).unsqueeze(0) < counts.unsqueeze(1)  # (k, lmax)
     r2 = rows.unsqueeze(1)
     G = cache.G[r2, order]  # (k, lmax, n): only the samples used are read
@@ -221,37 +252,50 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
     M64, HM64 = M.double(), HM.double()
     finite = torch.isfinite(M64).flatten(1).all(1) & torch.isfinite(HM64).flatten(1).all(1) & torch.isfinite(lin).all(1)
 
-    def solve(Qm: Tensor) -> tuple[Tensor, Tensor]:
+    def solve(Qm: Tensor, twice: bool = False) -> tuple[Tensor, Tensor]:
+        """``Qm (k, m, m)``, or ``(2k, m, m)`` with ``twice``: two QPs per problem."""
+        n_rep = 2 if twice else 1
+        rep = (lambda t: torch.cat([t] * n_rep)) if twice else (lambda t: t)
         Qm = 0.5 * (Qm + Qm.transpose(1, 2))
-        ok = finite & torch.isfinite(Qm).flatten(1).all(1)
+        ok = rep(finite) & torch.isfinite(Qm).flatten(1).all(1)
         Qm = torch.where(bmask(ok, Qm), Qm, 0.0)
-        linm = torch.where(bmask(ok, lin), lin, 0.0)
+        linm = torch.where(bmask(ok, rep(lin)), rep(lin), 0.0)
+        kk = Qm.shape[0]
         if lmax == 1:
             # one sample: the equality fixes sigma = mu, leaving a box QP over the p + q constraint
             # multipliers (solved exactly by face enumeration when p + q <= 3)
             # integer indices made on the device: boolean-mask indexing (or a tensor of host
             # numbers) would synchronise
             free = torch.cat([torch.arange(q, device=dev), torch.arange(q + 1, w, device=dev)])
-            sigma = mu.double()
+            sigma = rep(mu.double())
             Qf = Qm.index_select(1, free).index_select(2, free)
             qf = linm.index_select(1, free) + Qm[:, :, q].index_select(1, free) * sigma.unsqueeze(1)
-            z1 = torch.empty(k, w, dtype=f64, device=dev)
+            z1 = torch.empty(kk, w, dtype=f64, device=dev)
             z1[:, q] = sigma
             if w > 1:
-                res = qp.solve(BoxQP(Q=Qf, q=qf, lo=lo.index_select(1, free), hi=hi.index_select(1, free)), tol=qp_tol)
+                res = qp.solve(BoxQP(Q=Qf, q=qf, lo=rep(lo).index_select(1, free), hi=rep(hi).index_select(1, free)),
+                               tol=qp_tol)
                 z1[:, free] = res.w
                 return z1, ok & (res.status != QPStatus.FAILED)
             return z1, ok
-        res = qp.solve(BoxQP(Q=Qm, q=linm, lo=lo, hi=hi, eq_mask=eq_mask, r=mu.double()), tol=qp_tol)
+        res = qp.solve(BoxQP(Q=Qm, q=linm, lo=rep(lo), hi=rep(hi), eq_mask=rep(eq_mask), r=rep(mu.double())),
+                       tol=qp_tol)
         return res.w, ok & (res.status != QPStatus.FAILED)
 
-    z, ok1 = solve(bmm(M64, HM64))
-    fallback = torch.where(ok1, 0, -1).to(torch.int8)
-    need = ~ok1 & finite
-    if bool(need.any()):
-        z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
+    if together:  # both QPs in one call (twice the rows), no read of whether the fallback is needed
+        z12, ok12 = solve(torch.cat([bmm(M64, HM64), bmm(M64, M64.transpose(1, 2))]), twice=True)
+        z, z2, ok1, ok2 = z12[:k], z12[k:], ok12[:k], ok12[k:]
+        fallback = torch.where(ok1, 0, -1).to(torch.int8)
         z = torch.where(bmask(ok1, z), z, z2)
         fallback = fallback.masked_fill(~ok1 & ok2, 2)
+    else:
+        z, ok1 = solve(bmm(M64, HM64))
+        fallback = torch.where(ok1, 0, -1).to(torch.int8)
+        need = ~ok1 & finite
+        if not strict and bool(need.any()):
+            z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
+            z = torch.where(bmask(ok1, z), z, z2)
+            fallback = fallback.masked_fill(~ok1 & ok2, 2)
     # d = -H M z as a row, z^T (HM)^T: n is the contiguous dimension of (HM)^T when H's product
     # returns the row layout (the built-in approximations)
     dvec = -bmm(z.unsqueeze(1), HM64.transpose(1, 2))[:, 0]

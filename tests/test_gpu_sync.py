@@ -1,9 +1,10 @@
 """Host synchronisation on a CUDA device (skipped without one).
 
 The per-iteration building blocks that are written sync-free are checked under
-``torch.cuda.set_sync_debug_mode("error")``, which raises on any device-to-host copy. A whole
-iteration still synchronises (active-set compaction, QP working sets, line-search rounds; see
-docs/batching.md), which the last test records as an expected failure until it is removed.
+``torch.cuda.set_sync_debug_mode("error")``, which raises on any device-to-host copy. With the
+default options a whole iteration still synchronises (active-set compaction, QP working sets,
+line-search rounds; see docs/batching.md); under ``strict_sync=True`` it does not, which the last
+test checks (``tests/test_strict_sync.py`` counts the same on the CPU).
 """
 
 import contextlib
@@ -95,12 +96,39 @@ def test_line_search_rounds_and_records_do_not_sync():
     assert calls["consume"] >= 10 and calls["records"] >= 10
 
 
-@pytest.mark.xfail(strict=True, reason="a whole iteration still has host syncs (compaction, QP working sets, "
-                                       "line-search rounds); see docs/batching.md")
-def test_whole_iteration_does_not_sync():
-    def fn(x):
-        return (x ** 2).sum(1), (x[:, :1] - 1), None
+@pytest.mark.parametrize("mem", [0, 4])
+def test_whole_iteration_does_not_sync_under_strict_sync(mem):
+    """``strict_sync=True``: every pass after the first read runs under the sync debug mode in
+    "error"; only the pass's one read (``_Solver._strict_read``) may synchronise. The problem
+    steers with two inequalities (face enumeration) and five (interior point, fixed iterations
+    and masked polish), with full and limited-memory BFGS."""
+    import ncvx_core.solver as S
 
-    x0 = torch.randn(4, 3, device="cuda", dtype=torch.float64)
-    with no_sync():
-        solve(fn, x0, SolverOptions(maxit=2, print_level=0))
+    def two(x):
+        f = (8 * (x[:, :-1] ** 2 - x[:, 1:]).abs() + (1 - x[:, :-1]) ** 2).sum(1)
+        return f, torch.stack([x.sum(1) - 1, -0.5 - x[:, 0]], 1), None
+
+    def five(x):
+        f = (x - 1).abs().sum(1)
+        ci = torch.stack([x.sum(1) - 1, -0.5 - x[:, 0], x[:, 1] - 0.3, x[:, 0] + x[:, 2] - 0.2, -x[:, 3] - 2], 1)
+        return f, ci, None
+
+    steps = {"n": 0}
+    orig_step = S._Solver._step
+
+    def step(self, *args):  # type: ignore[no-untyped-def]
+        steps["n"] += 1
+        with no_sync():
+            return orig_step(self, *args)
+
+    x0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).cuda()
+    opts = SolverOptions(maxit=10, print_level=0, strict_sync=True, limited_mem_size=mem, opt_tol=1e-12)
+    for fn in (two, five):
+        solve(fn, x0, opts)  # device constants made once, outside the checked passes
+        S._Solver._step = step
+        try:
+            res = solve(fn, x0, opts)
+        finally:
+            S._Solver._step = orig_step
+        torch.cuda.synchronize()
+        assert int(res.iters.max()) >= 3 and steps["n"] >= int(res.iters.max())

@@ -120,6 +120,23 @@ class _Work:
         return _Work(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
 
 
+def _work(can: Canonical, tol: float, u: Tensor, z: Tensor, y: Tensor, nu: Tensor, iters: Tensor,
+          conv: Tensor) -> _Work:
+    """The iteration state of every problem of ``can`` from the given starting values."""
+    B = can.c.shape[0]
+    dt, dev = can.c.dtype, can.c.device
+    lb_all = ~can.fixed
+    ubm_all = torch.isfinite(can.ub) & lb_all
+    return _Work(
+        idx=torch.arange(B, device=dev), P=can.P, c=can.c, a=can.eq.to(dt), rho=can.rho,
+        lb=lb_all, ubm=ubm_all, mask=torch.cat([lb_all, ubm_all], -1),
+        ubv=torch.where(ubm_all, can.ub, 0.0),
+        ncomp=(lb_all.sum(-1) + ubm_all.sum(-1)).clamp_min(1).to(dt),
+        dfloor=1.0 + can.c.abs().amax(-1), ptol=tol * (1.0 + can.rho),
+        u=u, z=z, y=y, nu=nu, iters=iters, conv=conv, extra=torch.zeros(B, dtype=dt, device=dev),
+    )
+
+
 class IPMQPSolver:
     """Batched Mehrotra predictor-corrector IPM (name ``"ipm"``); supports every :class:`BoxQP`.
 
@@ -133,6 +150,14 @@ class IPMQPSolver:
             compaction test) every ``check_every`` iterations; in between, converged problems stay
             frozen under the device-side mask, so the results do not depend on it. The solver sets
             2 for the interior-point solvers it creates itself when ``sync_free`` is on.
+        fixed_iters: None (default), or run exactly this many iterations (at most ``max_iter``)
+            with no host read at all: no exit test, no compaction, no polish; converged problems
+            stay frozen under the mask, and a problem not converged by then is reported by its
+            KKT residual (INACCURATE or FAILED). Each call folds the most iterations any
+            converged problem needed and the number that did not converge into ``usage`` (a
+            device tensor, see :meth:`take_usage`), from which a caller sizes the next calls.
+            The solver sets it for the interior-point solvers it creates itself under
+            ``strict_sync``.
     """
 
     name = "ipm"
@@ -150,6 +175,7 @@ class IPMQPSolver:
         polish_rounds: int = 4,
         gamma_n: float = 1e-3,
         check_every: int = 1,
+        fixed_iters: int | None = None,
     ) -> None:
         self.max_iter = int(max_iter)
         self.polish = bool(polish)
@@ -163,6 +189,18 @@ class IPMQPSolver:
         if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
             raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
         self.check_every = check_every
+        if fixed_iters is not None and (isinstance(fixed_iters, bool) or not isinstance(fixed_iters, int)
+                                        or fixed_iters < 1):
+            raise ValueError(f"fixed_iters must be None or an int >= 1, got {fixed_iters!r}")
+        self.fixed_iters = fixed_iters
+        self.usage: Tensor | None = None  # (2,) long on the device: [most iterations, not converged]
+
+    def take_usage(self) -> Tensor | None:
+        """The ``(2,)`` long usage tensor folded since the last call (None if no fixed-iteration
+        solve ran), and reset it: ``[most iterations a converged problem needed, problems that
+        did not converge]``. Reading it on the host is the caller's (one) synchronisation."""
+        u, self.usage = self.usage, None
+        return u
 
     def supports(self, qp: BoxQP) -> bool:
         """The IPM handles every problem of the type."""
@@ -177,9 +215,12 @@ class IPMQPSolver:
         with compute_mode():
             can = canonicalize(qp)
             run0 = act & ~can.bad
-            u, z, y, nu, conv, iters = self._iterate(can, run0, float(tol))
+            if self.fixed_iters is not None:
+                u, z, y, nu, conv, iters = self._iterate_fixed(can, run0, float(tol), self.fixed_iters)
+            else:
+                u, z, y, nu, conv, iters = self._iterate(can, run0, float(tol))
             if self.polish:
-                u = self._polish(can, u, z, y, nu)
+                u = self._polish(can, u, z, y, nu, masked=self.fixed_iters is not None)
             w = can.to_w(u)
             res = finalize(qp, w, conv, iters, can.bad, act, can=can)
         return for_caller(res)
@@ -210,18 +251,7 @@ class IPMQPSolver:
         idx = run0.nonzero().squeeze(-1)
         if idx.numel() == 0:
             return U, Z, Y, NU, CONV, ITERS
-        lb_all = ~can.fixed
-        ubm_all = torch.isfinite(can.ub) & lb_all
-        W = _Work(
-            idx=torch.arange(B, device=dev), P=can.P, c=can.c, a=can.eq.to(dt), rho=can.rho,
-            lb=lb_all, ubm=ubm_all, mask=torch.cat([lb_all, ubm_all], -1),
-            ubv=torch.where(ubm_all, can.ub, 0.0),
-            ncomp=(lb_all.sum(-1) + ubm_all.sum(-1)).clamp_min(1).to(dt),
-            dfloor=1.0 + can.c.abs().amax(-1), ptol=tol * (1.0 + can.rho),
-            u=U, z=Z, y=Y, nu=NU, iters=ITERS, conv=CONV,
-            extra=torch.zeros(B, dtype=dt, device=dev),
-        )
-        W = W.gather(idx)
+        W = _work(can, tol, U, Z, Y, NU, ITERS, CONV).gather(idx)
         any_eq = bool(can.has_eq[idx].any())
 
         def write_back(w: _Work) -> None:
@@ -236,19 +266,8 @@ class IPMQPSolver:
                                lambda d: torch.tensor(_FRACTIONS, dtype=dt, device=d))
         step_no = 0
         while True:
-            u, z, y, nu = W.u, W.z, W.y, W.nu
-            s = torch.where(W.ubm, W.ubv - u, 1.0)
-            Pu = _bmv(W.P, u)
-            rd = Pu + W.c - z + y - W.a * nu.unsqueeze(-1)
-            rp = (W.a * u).sum(-1) - W.rho
-            comp = torch.cat([z * u, y * s], -1)  # (b, 2m); 0 where the bound is absent
-            mu = comp.sum(-1) / W.ncomp
-            # z, y >= 0, so their largest entry is their largest magnitude
-            dscale = torch.maximum(torch.cat([Pu.abs(), z, y], -1).amax(-1) + 1.0, W.dfloor)
-            dscale = torch.maximum(dscale, 1.0 + nu.abs())
-            conv = (rd.abs().amax(-1) <= tol * dscale) & (rp.abs() <= W.ptol) & (comp.amax(-1) <= tol)
+            conv, running, rd, rp, comp, mu, s = self._residuals(W, tol, None)
             W.conv = W.conv | conv
-            running = ~W.conv & (W.iters < self.max_iter)
             if step_no % self.check_every == 0:
                 n_run = int(running.sum())  # the one host sync per (checked) iteration
                 if n_run == 0:
@@ -268,6 +287,53 @@ class IPMQPSolver:
             nfail = int((run0 & ~CONV).sum())
             logger.debug("ipm: %d of %d problems did not converge", nfail, int(run0.sum()))
         return U, Z, Y, NU, CONV, ITERS
+
+    def _iterate_fixed(
+        self, can: Canonical, run0: Tensor, tol: float, n_iter: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``n_iter`` iterations over every problem of the batch under the running mask, with no
+        host read (see ``fixed_iters``); same steps as :meth:`_iterate` for each problem."""
+        B, m = can.c.shape
+        dev, dt = can.c.device, can.c.dtype
+        U, Z, Y = self._start(can)
+        W = _work(can, tol, U, Z, Y, torch.zeros(B, dtype=dt, device=dev),
+                  torch.zeros(B, dtype=torch.int32, device=dev), torch.zeros(B, dtype=torch.bool, device=dev))
+        frac = device_constant(("ipm_fractions", dt), dev,
+                               lambda d: torch.tensor(_FRACTIONS, dtype=dt, device=d))
+        limit = min(int(n_iter), self.max_iter)
+        for it in range(limit + 1):  # the last pass only tests convergence
+            conv, running, rd, rp, comp, mu, s = self._residuals(W, tol, run0)
+            W.conv = W.conv | (conv & run0)
+            if it == limit:
+                break
+            # the equality's terms vanish where a problem has none (a = 0, rho = 0)
+            self._step(W, running, rd, rp, comp, mu, s, True, frac)
+        used = torch.where(W.conv, W.iters, 0).amax().long()
+        failed = (run0 & ~W.conv).sum()
+        stat = torch.stack([used, failed])
+        self.usage = stat if self.usage is None else torch.stack([torch.maximum(self.usage[0], stat[0]),
+                                                                  self.usage[1] + stat[1]])
+        return W.u, W.z, W.y, W.nu, W.conv, W.iters
+
+    def _residuals(self, W: _Work, tol: float, run0: Tensor | None) -> tuple[Tensor, ...]:
+        """Convergence test and residuals of the iterates of ``W``: ``(conv, running, rd, rp,
+        comp, mu, s)``; ``running``: not converged, under ``max_iter`` and in ``run0`` (None:
+        every problem of ``W``)."""
+        u, z, y, nu = W.u, W.z, W.y, W.nu
+        s = torch.where(W.ubm, W.ubv - u, 1.0)
+        Pu = _bmv(W.P, u)
+        rd = Pu + W.c - z + y - W.a * nu.unsqueeze(-1)
+        rp = (W.a * u).sum(-1) - W.rho
+        comp = torch.cat([z * u, y * s], -1)  # (b, 2m); 0 where the bound is absent
+        mu = comp.sum(-1) / W.ncomp
+        # z, y >= 0, so their largest entry is their largest magnitude
+        dscale = torch.maximum(torch.cat([Pu.abs(), z, y], -1).amax(-1) + 1.0, W.dfloor)
+        dscale = torch.maximum(dscale, 1.0 + nu.abs())
+        conv = (rd.abs().amax(-1) <= tol * dscale) & (rp.abs() <= W.ptol) & (comp.amax(-1) <= tol)
+        running = ~(W.conv | conv) & (W.iters < self.max_iter)
+        if run0 is not None:
+            running = running & run0
+        return conv, running, rd, rp, comp, mu, s
 
     # ------------------------------------------------------------------------------------
     def _step(
@@ -377,7 +443,7 @@ class IPMQPSolver:
         return al * frac[first]
 
     # ------------------------------------------------------------------------------------
-    def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor) -> Tensor:
+    def _polish(self, can: Canonical, u: Tensor, z: Tensor, y: Tensor, nu: Tensor, masked: bool = False) -> Tensor:
         """Active-set polish of the IPM result, in scaled units; (B, m) -> (B, m).
 
         A few rounds of a primal active-set method started at the (projected) IPM point with the
@@ -389,11 +455,12 @@ class IPMQPSolver:
         freed.  Moving towards the face minimizer never increases the convex objective; a
         candidate is nevertheless kept only if it is feasible and not worse than the current one.
         Problems stop once they reach an exact KKT point.  Later rounds only work on the problems
-        still improving (gathered).
+        still improving (gathered; with ``masked``, every round works on every problem and the
+        ones that stopped are left as they are under a mask: no host read).
         """
         c, ub, fixed = can.c, can.ub, can.fixed
         B, m = c.shape
-        mask = can.eq if bool(can.has_eq.any()) else None
+        mask = can.eq if masked or bool(can.has_eq.any()) else None
         rho = can.rho if mask is not None else None
         lo0 = torch.zeros_like(u)
         best = _project(u, lo0, ub, mask, rho)
@@ -405,15 +472,17 @@ class IPMQPSolver:
         x_cur = best.clone()
         lam = -nu
         idx = torch.arange(B, device=u.device)
+        live = torch.ones(B, dtype=torch.bool, device=u.device)  # masked: the problems still improving
         ftol, tol_sign, tol_stat = 1e-9, 1e-10, 1e-9
         inf = float("inf")
         for _ in range(max(1, self.polish_rounds)):
-            if idx.numel() == 0:
+            if not masked and idx.numel() == 0:
                 break
             sub = _Sub(can, idx)
             xc, alo, ahi = x_cur[idx], at_lo[idx], at_hi[idx]
             xh, lam_s, ok = self._reduced_solve(sub, alo, ahi, xc, lam[idx])
-            ok = ok & torch.isfinite(xh).all(-1) & torch.isfinite(lam_s)
+            # (a stopped problem takes no step: no move, no new active set, no new best point)
+            ok = ok & torch.isfinite(xh).all(-1) & torch.isfinite(lam_s) & live[idx]
             ok &= ~sub.has_eq | ((sub.a * xh).sum(-1) - sub.rho).abs().le(ftol)
             xh = torch.where(ok.unsqueeze(-1), xh, xc)
             d = xh - xc
@@ -456,7 +525,10 @@ class IPMQPSolver:
             at_hi[idx] = new_hi
             x_cur[idx] = torch.where(accept.unsqueeze(-1), xp, xc)
             lam[idx] = lam_s
-            idx = idx[~exact & accept]
+            if masked:
+                live = live & ~exact & accept
+            else:
+                idx = idx[~exact & accept]
         return best
 
     def _reduced_solve(

@@ -39,6 +39,8 @@ class AutoQPSolver:
             return self.ipm.solve(qp, tol=tol, active=active)
         if qp.eq_mask is None:
             return self.enum.solve(qp, tol=tol, active=active)
+        if self.ipm.fixed_iters is not None:  # no host read: the IPM solves box-only problems too
+            return self.ipm.solve(qp, tol=tol, active=active)
         act = active_mask(qp, active)
         has_eq = qp.eq_mask.any(-1)
         n_eq = int(has_eq.sum())
