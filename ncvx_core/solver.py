@@ -144,6 +144,8 @@ class State(NamedTuple):
     # (B, 0, 0) when not kept), and where it is current (H and x unchanged since)
     hv: Tensor
     hv_ok: Tensor
+    # strict_sync: penalty reattempts made at the current iterate (each in its own pass)
+    reattempts: Tensor
 
 
 class HaltInfo(NamedTuple):
@@ -360,7 +362,6 @@ class _Solver:
         self.ls_rounds = _STRICT_LS_ROUNDS
         self.ipm_iters = _STRICT_IPM_ITERS
         self._ls_stat: Tensor | None = None
-        self.first_open = True
         # strict_sync: the stationarity QPs' padded sample count (a rung of qp_buckets) and whether
         # the fallback QP is solved with every first one (after a pass where a first one failed)
         self.stat_size = 1
@@ -470,6 +471,7 @@ class _Solver:
             hv=(torch.zeros(B, n, 1 + self.p + self.q, dtype=self.dtype, device=self.device) if self.reuse
                 else torch.zeros(B, 0, 0, dtype=self.dtype, device=self.device)),
             hv_ok=torch.zeros(B, dtype=torch.bool, device=self.device),
+            reattempts=torch.zeros(B, **i64),
         )
         # stationarity at x0 (H0 before any update)
         all_rows = torch.arange(B, device=self.device)
@@ -486,7 +488,7 @@ class _Solver:
         while True:
             running = st.status == RUNNING
             if self.strict:
-                idx = self._strict_read(running, st.iters)
+                idx = self._strict_read(running)
             else:
                 idx = torch.nonzero(running).flatten()  # the one host sync of a pass
             if idx.numel() == 0:
@@ -511,22 +513,19 @@ class _Solver:
                 self.printer.row(st, acc_full)
         return st
 
-    def _strict_read(self, running: Tensor, iters: Tensor) -> Tensor:
+    def _strict_read(self, running: Tensor) -> Tensor:
         """The one host read of a pass under ``strict_sync``: the number of running problems, with
-        the line-search and interior-point usage of the last pass, which size this pass's rounds
-        and iterations, and whether a running problem is still at its first iteration (the line
-        search's penalty reattempts at x0 read the host). Returns the running problems' indices (sorted, gathered without a second
+        the line-search, interior-point and stationarity usage of the last pass, which size this
+        pass's rounds, iterations and QPs. Returns the running problems' indices (sorted, gathered without a second
         read)."""
         ls = self._ls_stat if self._ls_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
         ipms = _ipms(self.qp)
         usage = [u for u in (s.take_usage() for s in ipms) if u is not None]
         ipm = (torch.stack(usage).amax(0) if usage else torch.zeros(2, dtype=torch.long, device=self.device))
         stq = self._stat_stat if self._stat_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
-        n_run, first, cut, used, ipm_used, ipm_failed, n_samples, stat_failed = torch.cat([
-            running.sum().view(1), (running & (iters == 0)).any().view(1).long(), ls.long(), ipm.long(),
-            stq.long()]).tolist()
+        n_run, cut, used, ipm_used, ipm_failed, n_samples, stat_failed = torch.cat([
+            running.sum().view(1), ls.long(), ipm.long(), stq.long()]).tolist()
         self._stat_stat = None
-        self.first_open = bool(first)
         L = self.plan.ngrad
         if L > 0 and n_samples:  # room for one more sample than the most a problem had
             self.stat_size = max(self.stat_size, next(c for c in qp_buckets(L) if c >= min(L, n_samples + 1)))
@@ -789,9 +788,8 @@ class _Solver:
             cmu = torch.where(first_iter, o.linesearch_c_mu_x0, o.linesearch_c_mu).to(self.dtype)
             mu_lowest = st.mu_lowest
             if constrained:
-                # (under strict_sync only in passes where a problem is still at x0: a read per attempt)
-                tries = max(o.linesearch_reattempts_x0 if (self.first_open or not self.strict) else 0,
-                            o.linesearch_reattempts)
+                # (under strict_sync each reattempt is a pass of its own: see `again` below)
+                tries = 0 if self.strict else max(o.linesearch_reattempts_x0, o.linesearch_reattempts)
                 for j in range(1, tries + 1):
                     again = search & descent & (res.status == LS_NO_BRACKET) & (j <= R)
                     if not bool(again.any()):
@@ -827,6 +825,14 @@ class _Solver:
             t = res.t
             trial = res.trial
         cut = ls_status == LS_CUT  # strict_sync: ran out of rounds; the pass is repeated with more
+        again = torch.zeros_like(cut)
+        mu_again = st.mu
+        if self.strict and constrained and res is not None:
+            # strict_sync: a penalty reattempt is the next pass, from the same iterate with mu
+            # reduced (its direction is computed anew with that mu), instead of a read per attempt
+            again = search & descent & (ls_status == LS_NO_BRACKET) & (st.reattempts < R)
+            mu_again = torch.where(again, mu_ls * cmu, st.mu)
+        cut = cut | again
         ls_status = ls_status.masked_fill(nondescent_search & ~descent & (ls_status != LS_OK) & ~cut, LS_NONDESCENT)
 
         # -- outcomes ----------------------------------------------------------------------------
@@ -838,7 +844,7 @@ class _Solver:
         ok = search & ~user_error & ((ls_status == LS_OK) | force_accept)
         no_dir = ~qp_failed & ~search  # non-finite or non-descent direction without a search
         fail1 = search & ~user_error & ~ok & (ls_status == LS_BRACKETED)
-        fail2 = search & ~user_error & ~ok & (ls_status == LS_NO_BRACKET)
+        fail2 = search & ~user_error & ~ok & (ls_status == LS_NO_BRACKET) & ~cut
         fail3 = search & ~user_error & ~ok & (ls_status == LS_NONDESCENT)
         bump = torch.zeros(k, dtype=torch.bool, device=dev)
         # QP failure in steering
@@ -865,9 +871,11 @@ class _Solver:
         ls_evals = st.ls_evals + evals_total
         fn_evals = st.fn_evals + evals_total
         mu_lowest = torch.where(fail2, mu_lowest, st.mu_lowest)
+        mu_lowest = torch.where(again, torch.minimum(mu_lowest, mu_again), mu_lowest)
 
         st = st._replace(status=status, level=new_level, rand_attempts=rand_attempts, ls_evals=ls_evals,
-                         fn_evals=fn_evals, best=best, mf=mf, mu_lowest=mu_lowest)
+                         fn_evals=fn_evals, best=best, mf=mf, mu_lowest=mu_lowest, mu=mu_again,
+                         reattempts=st.reattempts + again.long())
         if trial is None:
             return st, ok
         # the accept step runs under the mask even if no problem accepted (rare: every problem of
@@ -890,6 +898,7 @@ class _Solver:
             iters=st.iters + ok.long(),
             level=torch.where(ok, self.min_level, new_level),
             rand_attempts=torch.where(ok, 0, rand_attempts),
+            reattempts=torch.where(ok, 0, st.reattempts),
             ls_evals=torch.where(ok, 0, ls_evals),
             last_ls_evals=torch.where(ok, ls_evals, st.last_ls_evals),
             alpha=torch.where(ok, t, st.alpha),

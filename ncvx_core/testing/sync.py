@@ -38,9 +38,13 @@ def _bool_index(args: tuple[Any, ...]) -> bool:
     return isinstance(idx, (list, tuple)) and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx)
 
 
-#: Tensor methods that copy to the host without a dispatched operation on a CPU tensor
-#: (``.item()``, ``bool()`` and friends are caught at the dispatcher as ``_local_scalar_dense``).
-SYNC_METHODS = frozenset({"tolist", "numpy", "cpu"})
+#: Tensor methods that copy to the host: ``.tolist()``, ``.numpy()`` and ``.cpu()`` (which a CPU
+#: tensor serves without a dispatched operation), and the scalar reads ``.item()``, ``bool()``,
+#: ``int()``, ``float()`` and ``operator.index`` (seen at the dispatcher as ``_local_scalar_dense``,
+#: except under ``torch.inference_mode``, where the dispatch mode does not see them: the solver's
+#: arithmetic runs there). Each call counts once: the dispatcher does not count again inside it.
+SYNC_METHODS = frozenset({"tolist", "numpy", "cpu", "item", "__bool__", "__int__", "__float__", "__index__",
+                          "__complex__"})
 
 #: Factories that copy host data to the device (counted unless their data is already a tensor).
 HOST_FACTORIES = frozenset({"tensor", "as_tensor"})
@@ -53,6 +57,8 @@ class _Dispatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = str(func)
+        if self.counter._inside:  # within a method the function mode has counted already
+            return func(*args, **(kwargs or {}))
         if name in SYNC_OPS or (name.startswith(("aten.index.", "aten.index_put")) and _bool_index(args)):
             self.counter._hit()
         return func(*args, **(kwargs or {}))
@@ -65,7 +71,14 @@ class _Function(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         name = getattr(func, "__name__", "")
-        if name in SYNC_METHODS or (name in HOST_FACTORIES and args and not isinstance(args[0], torch.Tensor)):
+        if name in SYNC_METHODS:
+            self.counter._hit()
+            self.counter._inside += 1
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.counter._inside -= 1
+        if name in HOST_FACTORIES and args and not isinstance(args[0], torch.Tensor):
             self.counter._hit()
         return func(*args, **(kwargs or {}))
 
@@ -89,6 +102,7 @@ class SyncCounter:
         self.n = 0
         self._sites = sites
         self.sites: Counter[str] = Counter()
+        self._inside = 0
         self._modes = (_Function(self), _Dispatch(self))
 
     def __enter__(self) -> SyncCounter:
