@@ -93,14 +93,14 @@ _F, _TVI, _TVE, _TV, _FEAS, _MU, _FOUND = range(7)
 #: benchmark script)
 _PREVIOUS_STEP_FACTOR = 4.0
 # strict_sync: line-search rounds of the first pass and their cap (doubled after a pass in which a
-# search ran out of rounds, else down to the most rounds a search used, by one per pass), and the
+# search ran out of rounds, else the most rounds a search used in the previous pass), and the
 # interior-point iterations of the first pass, their cap and the slack over the most iterations
 # a converged QP needed in the previous pass (doubled after a QP that did not converge)
 _STRICT_LS_ROUNDS = 2
 _STRICT_LS_MAX = 64
 _STRICT_IPM_ITERS = 40
 _STRICT_IPM_MAX = 100
-_STRICT_IPM_SLACK = 4
+_STRICT_IPM_SLACK = 2
 
 
 def _pack_values(ev: Evaluation, viol: Violation, mu: Tensor, found: Tensor) -> Tensor:
@@ -361,6 +361,7 @@ class _Solver:
         # from the previous pass's one read (see _strict_read)
         self.ls_rounds = _STRICT_LS_ROUNDS
         self.ipm_iters = _STRICT_IPM_ITERS
+        self.polish_rounds: int | None = None  # the interior-point polish rounds (None: their own)
         self._ls_stat: Tensor | None = None
         # strict_sync: the stationarity QPs' padded sample count (a rung of qp_buckets) and whether
         # the fallback QP is solved with every first one (after a pass where a first one failed)
@@ -521,9 +522,9 @@ class _Solver:
         ls = self._ls_stat if self._ls_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
         ipms = _ipms(self.qp)
         usage = [u for u in (s.take_usage() for s in ipms) if u is not None]
-        ipm = (torch.stack(usage).amax(0) if usage else torch.zeros(2, dtype=torch.long, device=self.device))
+        ipm = (torch.stack(usage).amax(0) if usage else torch.zeros(3, dtype=torch.long, device=self.device))
         stq = self._stat_stat if self._stat_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
-        n_run, cut, used, ipm_used, ipm_failed, n_samples, stat_failed = torch.cat([
+        n_run, cut, used, ipm_used, ipm_failed, polish_used, n_samples, stat_failed = torch.cat([
             running.sum().view(1), ls.long(), ipm.long(), stq.long()]).tolist()
         self._stat_stat = None
         L = self.plan.ngrad
@@ -534,13 +535,16 @@ class _Solver:
         if cut:
             self.ls_rounds = min(2 * self.ls_rounds, _STRICT_LS_MAX)
         elif used:
-            self.ls_rounds = max(int(used), self.ls_rounds - 1, 1)
+            self.ls_rounds = max(int(used), 1)
         if ipm_failed:
             self.ipm_iters = min(2 * self.ipm_iters, _STRICT_IPM_MAX)
         elif ipm_used:
-            self.ipm_iters = max(int(ipm_used) + _STRICT_IPM_SLACK, self.ipm_iters - 1)
+            self.ipm_iters = min(int(ipm_used) + _STRICT_IPM_SLACK, _STRICT_IPM_MAX)
+        if polish_used:  # one round more than the most a problem used
+            self.polish_rounds = int(polish_used) + 1
         for s in ipms:
             s.fixed_iters = self.ipm_iters
+            s.fixed_polish_rounds = None if self.polish_rounds is None else min(self.polish_rounds, s.polish_rounds)
         order = torch.argsort((~running).to(torch.int8), stable=True)
         return order[:n_run]
 

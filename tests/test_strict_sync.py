@@ -121,13 +121,14 @@ def test_fixed_iteration_ipm_matches_the_adaptive_one_without_a_read():
     assert c.n == 0
     assert bool((res.status == QPStatus.SOLVED).all())
     torch.testing.assert_close(res.w, ref.w, rtol=0, atol=1e-8)
-    most, failed = usage.tolist()
+    most, failed, rounds = usage.tolist()
     assert failed == 0 and 1 <= most <= 60 and most == int(res.iters.max())
+    assert rounds == 0  # no polish
     assert fixed.take_usage() is None  # taken: reset
     # too few iterations: reported as not converged, never as SOLVED by the IPM's own test
     short = IPMQPSolver(fixed_iters=2, polish=False)
     res2 = short.solve(qp)
-    most2, failed2 = short.take_usage().tolist()
+    most2, failed2, _ = short.take_usage().tolist()
     assert failed2 > 0 and bool((res2.iters <= 2).all())
 
 
@@ -200,11 +201,18 @@ def test_masked_polish_gives_the_polished_answer_without_a_read():
     ref = IPMQPSolver().solve(qp)
     fixed = IPMQPSolver(fixed_iters=60)
     fixed.solve(qp)  # device constants
+    fixed.take_usage()
     with SyncCounter() as c:
         res = fixed.solve(qp)
+        usage = fixed.take_usage()
     assert c.n == 0
     assert bool((res.status == QPStatus.SOLVED).all())
     torch.testing.assert_close(res.w, ref.w, rtol=0, atol=1e-12)
+    rounds = int(usage[2])
+    assert 1 <= rounds <= fixed.polish_rounds
+    # as many rounds as the problems used give the same answer
+    fixed.fixed_polish_rounds = rounds
+    torch.testing.assert_close(fixed.solve(qp).w, res.w, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("fn", [_two_ineq, _five_ineq])

@@ -153,11 +153,13 @@ class IPMQPSolver:
         fixed_iters: None (default), or run exactly this many iterations (at most ``max_iter``)
             with no host read at all: no exit test, no compaction, no polish; converged problems
             stay frozen under the mask, and a problem not converged by then is reported by its
-            KKT residual (INACCURATE or FAILED). Each call folds the most iterations any
-            converged problem needed and the number that did not converge into ``usage`` (a
-            device tensor, see :meth:`take_usage`), from which a caller sizes the next calls.
-            The solver sets it for the interior-point solvers it creates itself under
-            ``strict_sync``.
+            KKT residual (INACCURATE or FAILED); the polish runs under masks, for
+            ``fixed_polish_rounds`` rounds when that is set (else ``polish_rounds``). Each call
+            folds the most iterations any converged problem needed, the number that did not
+            converge and the most polish rounds in which a problem was still improving into
+            ``usage`` (a device tensor, see :meth:`take_usage`), from which a caller sizes the
+            next calls. The solver sets both for the interior-point solvers it creates itself
+            under ``strict_sync``.
     """
 
     name = "ipm"
@@ -193,12 +195,15 @@ class IPMQPSolver:
                                         or fixed_iters < 1):
             raise ValueError(f"fixed_iters must be None or an int >= 1, got {fixed_iters!r}")
         self.fixed_iters = fixed_iters
-        self.usage: Tensor | None = None  # (2,) long on the device: [most iterations, not converged]
+        self.fixed_polish_rounds: int | None = None
+        # (3,) long on the device: [most iterations, not converged, most polish rounds used]
+        self.usage: Tensor | None = None
 
     def take_usage(self) -> Tensor | None:
-        """The ``(2,)`` long usage tensor folded since the last call (None if no fixed-iteration
+        """The ``(3,)`` long usage tensor folded since the last call (None if no fixed-iteration
         solve ran), and reset it: ``[most iterations a converged problem needed, problems that
-        did not converge]``. Reading it on the host is the caller's (one) synchronisation."""
+        did not converge, most polish rounds that began with a problem still improving]``.
+        Reading it on the host is the caller's (one) synchronisation."""
         u, self.usage = self.usage, None
         return u
 
@@ -310,10 +315,14 @@ class IPMQPSolver:
             self._step(W, running, rd, rp, comp, mu, s, True, frac)
         used = torch.where(W.conv, W.iters, 0).amax().long()
         failed = (run0 & ~W.conv).sum()
-        stat = torch.stack([used, failed])
-        self.usage = stat if self.usage is None else torch.stack([torch.maximum(self.usage[0], stat[0]),
-                                                                  self.usage[1] + stat[1]])
+        self._fold(torch.stack([used, failed, torch.zeros_like(used)]))
         return W.u, W.z, W.y, W.nu, W.conv, W.iters
+
+    def _fold(self, stat: Tensor) -> None:
+        """Fold a call's ``[iterations, not converged, polish rounds]`` into :attr:`usage`."""
+        u = self.usage
+        self.usage = stat if u is None else torch.stack([torch.maximum(u[0], stat[0]), u[1] + stat[1],
+                                                         torch.maximum(u[2], stat[2])])
 
     def _residuals(self, W: _Work, tol: float, run0: Tensor | None) -> tuple[Tensor, ...]:
         """Convergence test and residuals of the iterates of ``W``: ``(conv, running, rd, rp,
@@ -475,9 +484,13 @@ class IPMQPSolver:
         live = torch.ones(B, dtype=torch.bool, device=u.device)  # masked: the problems still improving
         ftol, tol_sign, tol_stat = 1e-9, 1e-10, 1e-9
         inf = float("inf")
-        for _ in range(max(1, self.polish_rounds)):
+        rounds = self.polish_rounds if not masked or self.fixed_polish_rounds is None else self.fixed_polish_rounds
+        used = torch.zeros((), dtype=torch.long, device=u.device)
+        for _ in range(max(1, rounds)):
             if not masked and idx.numel() == 0:
                 break
+            if masked:
+                used = used + live.any().long()
             sub = _Sub(can, idx)
             xc, alo, ahi = x_cur[idx], at_lo[idx], at_hi[idx]
             xh, lam_s, ok = self._reduced_solve(sub, alo, ahi, xc, lam[idx])
@@ -529,6 +542,8 @@ class IPMQPSolver:
                 live = live & ~exact & accept
             else:
                 idx = idx[~exact & accept]
+        if masked and self.fixed_iters is not None:
+            self._fold(torch.stack([torch.zeros_like(used), torch.zeros_like(used), used]))
         return best
 
     def _reduced_solve(
