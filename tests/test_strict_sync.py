@@ -109,10 +109,9 @@ def _stationarity_shaped(B: int, L: int, seed: int) -> BoxQP:
                  r=torch.ones(B, dtype=torch.float64))
 
 
-def test_fixed_iteration_ipm_matches_the_adaptive_one_without_a_read():
-    qp = _stationarity_shaped(16, 12, 0)
-    ref = IPMQPSolver(polish=False).solve(qp)
-    fixed = IPMQPSolver(fixed_iters=60, polish=False)  # the IPM alone (no polish)
+def _fixed_solve(qp: BoxQP, fixed: IPMQPSolver, ref: IPMQPSolver, atol: float):  # type: ignore[no-untyped-def]
+    """Solve with ``fixed`` (after a warm-up call) under the counter: no read, every problem
+    SOLVED, the answer of the adaptive ``ref`` within ``atol``; returns the result and usage."""
     fixed.solve(qp)  # device constants
     fixed.take_usage()
     with SyncCounter() as c:
@@ -120,7 +119,14 @@ def test_fixed_iteration_ipm_matches_the_adaptive_one_without_a_read():
         usage = fixed.take_usage()
     assert c.n == 0
     assert bool((res.status == QPStatus.SOLVED).all())
-    torch.testing.assert_close(res.w, ref.w, rtol=0, atol=1e-8)
+    torch.testing.assert_close(res.w, ref.solve(qp).w, rtol=0, atol=atol)
+    return res, usage
+
+
+def test_fixed_iteration_ipm_matches_the_adaptive_one_without_a_read():
+    qp = _stationarity_shaped(16, 12, 0)
+    fixed = IPMQPSolver(fixed_iters=60, polish=False)  # the IPM alone (no polish)
+    res, usage = _fixed_solve(qp, fixed, IPMQPSolver(polish=False), 1e-8)
     most, failed, rounds = usage.tolist()
     assert failed == 0 and 1 <= most <= 60 and most == int(res.iters.max())
     assert rounds == 0  # no polish
@@ -198,16 +204,8 @@ def test_strict_sync_steering_by_interior_point_ends_like_the_default():
 
 def test_masked_polish_gives_the_polished_answer_without_a_read():
     qp = _stationarity_shaped(16, 12, 1)
-    ref = IPMQPSolver().solve(qp)
     fixed = IPMQPSolver(fixed_iters=60)
-    fixed.solve(qp)  # device constants
-    fixed.take_usage()
-    with SyncCounter() as c:
-        res = fixed.solve(qp)
-        usage = fixed.take_usage()
-    assert c.n == 0
-    assert bool((res.status == QPStatus.SOLVED).all())
-    torch.testing.assert_close(res.w, ref.w, rtol=0, atol=1e-12)
+    res, usage = _fixed_solve(qp, fixed, IPMQPSolver(), 1e-12)
     rounds = int(usage[2])
     assert 1 <= rounds <= fixed.polish_rounds
     # as many rounds as the problems used give the same answer
