@@ -19,7 +19,8 @@ Each workload runs twice: with the default options and with ``strict_sync=True``
 per pass). 'per pass' divides by the passes of the solver's loop (counted, not taken from the
 iteration counts: a strict pass can repeat an iteration whose line search ran out of rounds).
 
-A second table solves the conformance problems of ``ncvx_core.testing.problems`` (batches of 8,
+A second table times the workloads without the counter, default and ``strict_sync`` side by
+side (``--no-timing`` skips it). A third solves the conformance problems of ``ncvx_core.testing.problems`` (batches of 8,
 their reference options) with the default options and with ``strict_sync=True`` side by side,
 without the counter: statuses, objectives and wall times.
 
@@ -51,6 +52,7 @@ from common import (  # noqa: E402
     out_path,
     setup,
     status_counts,
+    timed,
     train_digits_mlp,
     write_results,
 )
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="problems of the MLP workloads (default 64)")
     ap.add_argument("--cnn-batch", type=int, default=16, help="problems of the CNN workload (default 16)")
     ap.add_argument("--maxit", type=int, default=20)
+    ap.add_argument("--no-timing", action="store_true",
+                    help="skip the timed solves of the workloads (default and strict_sync, side by side)")
     ap.add_argument("--no-conformance", action="store_true",
                     help="skip the strict_sync / default comparison on the conformance problems")
     args = ap.parse_args()
@@ -102,22 +106,29 @@ def main() -> None:
     t0 = time.perf_counter()
     # sync_free=True: the solver's code path on a CUDA device (its default there), on any device
     base = dict(maxit=args.maxit, opt_tol=1e-6, viol_ineq_tol=1e-6, sync_free=True)
-    runs: list[tuple[str, dict[str, Any]]] = []
     log("[mlp]")
     model, Xte, yte, _ = train_digits_mlp(device, dtype, seed=args.seed)
     x, y = correctly_classified(model, Xte, yte, args.batch)
     P = AttackProblem(model, x, y, 0.75)
-    for mem, label in ((10, "L-BFGS 10"), (0, "full BFGS")):
-        for strict in (False, True):
-            runs.append((f"digits MLP attack, B = {x.shape[0]}, n = 64, {label}" + (", strict_sync" if strict else ""),
-                         count(P, P.x0(seed=args.seed), dict(base, limited_mem_size=mem, strict_sync=strict))))
     log("[cnn]")
     cnn = make_cnn(device, dtype, seed=args.seed)
     xc, yc = cnn_inputs(cnn, args.cnn_batch, seed=args.seed)
     Pc = AttackProblem(cnn, xc, yc, 0.05)
-    for strict in (False, True):
-        runs.append((f"CNN attack, B = {args.cnn_batch}, n = 3072, L-BFGS 10" + (", strict_sync" if strict else ""),
-                     count(Pc, Pc.x0(seed=args.seed), dict(base, limited_mem_size=10, strict_sync=strict))))
+    workloads = [(f"digits MLP attack, B = {x.shape[0]}, n = 64, {label}", P, dict(base, limited_mem_size=mem))
+                 for mem, label in ((10, "L-BFGS 10"), (0, "full BFGS"))]
+    workloads.append((f"CNN attack, B = {args.cnn_batch}, n = 3072, L-BFGS 10", Pc, dict(base, limited_mem_size=10)))
+    runs: list[tuple[str, dict[str, Any]]] = []
+    time_rows = []
+    for name, prob, opts in workloads:
+        x0 = prob.x0(seed=args.seed)
+        for strict in (False, True):
+            runs.append((name + (", strict_sync" if strict else ""), count(prob, x0, dict(opts, strict_sync=strict))))
+        if not args.no_timing:  # side by side, without the counter
+            secs = [timed(lambda v=v, p=prob, z=x0, o=opts: solve(p, z, SolverOptions(print_level=0, **o, strict_sync=v)),
+                          device)[1]
+                    for v in (False, True)]
+            time_rows.append([name, f"{secs[0]:.2f}", f"{secs[1]:.2f}", f"{secs[1] / secs[0]:.2f}"])
+            log(f"  {time_rows[-1]}")
     conf_rows = None
     if not args.no_conformance:
         log("[conformance]")
@@ -140,6 +151,12 @@ def main() -> None:
     for name, r in runs:
         top = [(k, v) for k, v in r["sites"].most_common() if k != "problem function"][:TOP_SITES]
         body.append(f"- {name}: " + "; ".join(f"`{k}` {v}" for k, v in top) + ".\n")
+    body += [] if not time_rows else [
+        f"\n## Time per solve on `{device}`, default against strict_sync\n\n"
+        "Each workload solved once with the default options (`sync_free=True`) and once with "
+        "`strict_sync=True`, one after the other, without the counter.\n",
+        md_table(["workload", "default (s)", "strict_sync (s)", "strict / default"], time_rows),
+    ]
     body += [] if conf_rows is None else [
         "\n## strict_sync against the default on the conformance problems\n\n"
         "Batches of 8 (`ncvx_core.testing.problems`, their reference options), solved with the "

@@ -70,12 +70,12 @@ else
 fi
 
 say "== (c) bench_overhead.py --device $DEV"
-run timeout 80 "$PY" benchmarks/bench_overhead.py --device "$DEV" --out "$RES" \
-  --batches 1,8,64,256,1024 --cnn-batches 1,8,64,128,256 --cnn-full-batches 1,8 --maxit 20 --budget 55 \
+run timeout 65 "$PY" benchmarks/bench_overhead.py --device "$DEV" --out "$RES" \
+  --batches 1,8,64,256,1024 --cnn-batches 1,8,64,128,256 --cnn-full-batches 1,8 --maxit 20 --budget 50 \
   || say "bench_overhead.py: exit code $?"
 
 say "== (c) bench_host_sync.py --device $DEV"
-run timeout 60 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" --no-conformance \
+run timeout 75 "$PY" benchmarks/bench_host_sync.py --device "$DEV" --out "$RES" --no-conformance \
   || say "bench_host_sync.py: exit code $?"
 
 say "== (c) bench_scaling.py --device $DEV"
