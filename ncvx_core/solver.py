@@ -517,8 +517,8 @@ class _Solver:
     def _strict_read(self, running: Tensor) -> Tensor:
         """The one host read of a pass under ``strict_sync``: the number of running problems, with
         the line-search, interior-point and stationarity usage of the last pass, which size this
-        pass's rounds, iterations and QPs. Returns the running problems' indices (sorted, gathered without a second
-        read)."""
+        pass's rounds, iterations and QPs. Returns the running problems' indices (sorted; gathered
+        by a stable sort, without a second read)."""
         ls = self._ls_stat if self._ls_stat is not None else torch.zeros(2, dtype=torch.long, device=self.device)
         ipms = _ipms(self.qp)
         usage = [u for u in (s.take_usage() for s in ipms) if u is not None]
