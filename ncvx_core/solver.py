@@ -787,7 +787,6 @@ class _Solver:
         try:
             res = self.ls.search(make_problem(mu_ls, phi_k, gphi_k), d, search, budget)
             evals_total += res.evals.long()
-            ls_stat = [res]
             R = torch.where(first_iter, o.linesearch_reattempts_x0, o.linesearch_reattempts)
             cmu = torch.where(first_iter, o.linesearch_c_mu_x0, o.linesearch_c_mu).to(self.dtype)
             mu_lowest = st.mu_lowest
@@ -804,7 +803,6 @@ class _Solver:
                     g_j = _gphi(ev, viol, mu_ls)
                     res_j = self.ls.search(make_problem(mu_ls, phi_j, g_j), d, again, budget)
                     evals_total += res_j.evals.long()
-                    ls_stat.append(res_j)
                     res = _merge_ls(again, res_j, res)
         except Exception as exc:  # the user's function raised inside the line search
             if o.debug_mode or isinstance(exc, NcvxError):
@@ -815,9 +813,8 @@ class _Solver:
             mu_lowest = st.mu_lowest
         best, mf = records
         if self.strict and res is not None:  # what the next pass's rounds are sized from (_strict_read)
-            self._ls_stat = torch.stack([
-                torch.stack([(r.status == LS_CUT).any() for r in ls_stat]).any().long(),
-                torch.stack([r.evals.amax() for r in ls_stat]).amax().long()])
+            # (one search per pass: strict_sync makes each penalty reattempt a pass of its own)
+            self._ls_stat = torch.stack([(res.status == LS_CUT).any().long(), res.evals.amax().long()])
         status = st.status
         i16 = lambda c: torch.full((), int(c), dtype=torch.int16, device=dev)  # noqa: E731
         if res is None:

@@ -254,8 +254,7 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
 
     def solve(Qm: Tensor, twice: bool = False) -> tuple[Tensor, Tensor]:
         """``Qm (k, m, m)``, or ``(2k, m, m)`` with ``twice``: two QPs per problem."""
-        n_rep = 2 if twice else 1
-        rep = (lambda t: torch.cat([t] * n_rep)) if twice else (lambda t: t)
+        rep = (lambda t: torch.cat([t, t])) if twice else (lambda t: t)
         Qm = 0.5 * (Qm + Qm.transpose(1, 2))
         ok = rep(finite) & torch.isfinite(Qm).flatten(1).all(1)
         Qm = torch.where(bmask(ok, Qm), Qm, 0.0)
@@ -282,20 +281,20 @@ def _stationarity_group(apply_H: Callable[..., Tensor], cache: GradientCache, ro
                        tol=qp_tol)
         return res.w, ok & (res.status != QPStatus.FAILED)
 
-    if together:  # both QPs in one call (twice the rows), no read of whether the fallback is needed
+    # the fallback QP (H replaced by I): in the same call as the first (twice the rows, no read of
+    # whether it is needed), or after it for the problems whose first QP failed (not in strict mode)
+    z2 = ok2 = None
+    if together:
         z12, ok12 = solve(torch.cat([bmm(M64, HM64), bmm(M64, M64.transpose(1, 2))]), twice=True)
         z, z2, ok1, ok2 = z12[:k], z12[k:], ok12[:k], ok12[k:]
-        fallback = torch.where(ok1, 0, -1).to(torch.int8)
-        z = torch.where(bmask(ok1, z), z, z2)
-        fallback = fallback.masked_fill(~ok1 & ok2, 2)
     else:
         z, ok1 = solve(bmm(M64, HM64))
-        fallback = torch.where(ok1, 0, -1).to(torch.int8)
-        need = ~ok1 & finite
-        if not strict and bool(need.any()):
+        if not strict and bool((~ok1 & finite).any()):
             z2, ok2 = solve(bmm(M64, M64.transpose(1, 2)))
-            z = torch.where(bmask(ok1, z), z, z2)
-            fallback = fallback.masked_fill(~ok1 & ok2, 2)
+    fallback = torch.where(ok1, 0, -1).to(torch.int8)
+    if z2 is not None and ok2 is not None:
+        z = torch.where(bmask(ok1, z), z, z2)
+        fallback = fallback.masked_fill(~ok1 & ok2, 2)
     # d = -H M z as a row, z^T (HM)^T: n is the contiguous dimension of (HM)^T when H's product
     # returns the row layout (the built-in approximations)
     dvec = -bmm(z.unsqueeze(1), HM64.transpose(1, 2))[:, 0]
