@@ -252,7 +252,7 @@ class WeakWolfe:
         self._rate = None
         cap = 0  # rows of the first round: no later round evaluates more
         if prob.rounds is not None:
-            return self._search_rounds(prob, ls, d, dnorm, s0, nexpmax, active, budget, int(prob.rounds))
+            return self._search_rounds(prob, ls, d, dnorm, s0, nexpmax, active, budget, prob.rounds)
         while True:
             thr = self._gate(ls, x0, d, dnorm, budget)
             rows = torch.nonzero(ls.searching).flatten()
@@ -324,8 +324,8 @@ class WeakWolfe:
         """``rounds`` rounds over all k problems under masks, no host read (``LineSearchProblem.rounds``)."""
         if prob.peek is None or prob.record is None:
             raise ValueError("LineSearchProblem.rounds needs peek and record")
-        if rounds < 1:
-            raise ValueError(f"LineSearchProblem.rounds must be None or >= 1, got {rounds}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"LineSearchProblem.rounds must be None or an int >= 1, got {rounds!r}")
         x0, phi0 = prob.start.x, prob.start.phi
         k = x0.shape[0]
         every = torch.arange(k, device=x0.device)

@@ -71,6 +71,9 @@ def cache_insert(cache: GradientCache, rows: Tensor, x: Tensor, g: Tensor, Ji: T
     """
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != rows.shape):
+        raise ValueError(f"mask must be None or a bool tensor of shape {tuple(rows.shape)}, got "
+                         f"{(mask.dtype, tuple(mask.shape)) if isinstance(mask, Tensor) else type(mask).__name__}")
     B, L, n = cache.X.shape
     slot = cache.next[rows]
     last = torch.remainder(slot - 1, L)
@@ -162,8 +165,10 @@ def stationarity_qp(
     """
     counts = nb.sum(dim=1)
     L = cache.X.shape[1]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be None or an int >= 1, got {size!r}")
     if strict:
-        lmax = L if size is None else max(1, min(int(size), L))
+        lmax = L if size is None else min(size, L)
         return _stationarity_group(apply_H, cache, rows, nb, ci, ce, mu, lmax, qp, l2, qp_tol,
                                    together=fallback, strict=True)
     # a problem's QP is padded (with fixed variables) to a size that depends on its own

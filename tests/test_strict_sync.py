@@ -259,3 +259,31 @@ def test_a_nan_in_one_problem_leaves_the_others_alone_under_strict_sync():
     assert torch.equal(a.best.x[keep], b.best.x[keep]) and torch.equal(a.status[keep], b.status[keep])
     assert bool(torch.isfinite(a.best.f).all()) and int(a.status[2]) != 0
     assert float((a.best.x[2] - x0[2]).norm()) <= 0.05 + 1e-12  # never left the finite region
+
+
+def test_strict_building_blocks_reject_bad_arguments():
+    from ncvx_core.stationarity import cache_insert, init_cache, stationarity_qp
+
+    g = torch.Generator().manual_seed(0)
+    B, n = 3, 4
+    x0 = torch.randn(B, n, generator=g, dtype=torch.float64)
+    toy = make_toy(g, B, n, ["quad"] * B, x0)
+    for bad in (0, 1.5, True, "2"):
+        rec = MaskedRecorder(toy)
+        _, prob, d = quiet_setup(toy, x0, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT),
+                                 -math.inf, speculation=1)
+        prob.peek, prob.record, prob.rounds = rec, rec.record, bad
+        with pytest.raises(ValueError, match="LineSearchProblem.rounds"):
+            WeakWolfe().search(prob, d, torch.ones(B, dtype=torch.bool), torch.full((B,), math.inf, dtype=DT))
+    cache = init_cache(B, 5, n, 0, 0, torch.float64, torch.device("cpu"))
+    rows = torch.arange(B)
+    empty = torch.zeros(B, 0, n, dtype=torch.float64)
+    for bad in (torch.ones(B), torch.ones(B + 1, dtype=torch.bool), [True] * B):
+        with pytest.raises(ValueError, match="mask"):
+            cache_insert(cache, rows, x0, x0, empty, empty, 1e-4, exact=True, mask=bad)
+    nb = cache_insert(cache, rows, x0, x0, empty, empty, 1e-4, exact=True)
+    ci = torch.zeros(B, 0, dtype=torch.float64)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="size"):
+            stationarity_qp(lambda V, r=None: V, cache, rows, nb, ci, ci, torch.ones(B, dtype=torch.float64),
+                            qp=IPMQPSolver(), strict=True, size=bad)
